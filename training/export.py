@@ -1,0 +1,189 @@
+"""ONNX export of the discriminator (DESIGN.md contract) that verifies itself, plus model.json and
+MODEL_CARD.md. The export folder is the only link between training and the service."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from . import checkpoint
+from .card import render
+from .config import Config
+from .data import ImageArrayDataset, load_images, test_transform
+from .networks import IMAGENET_MEAN_255, Discriminator, build_networks, to_disc_input
+from .pooling import probe_grid
+
+log = logging.getLogger(__name__)
+LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
+OUTPUTS = [*LAYERS, "real_logit", "mask_logits"]
+TOLERANCE = 1e-4  # max abs difference allowed between ONNX Runtime and PyTorch, relative to scale 1
+OPSET = 18
+
+
+class SpotExport(nn.Module):
+    """images -> conv1..conv5, real_logit [N] (positive = real), mask_logits [N, 1, h, w] (positive = kept)."""
+
+    def __init__(self, disc: Discriminator):
+        super().__init__()
+        self.disc = disc
+
+    def forward(self, images: torch.Tensor):
+        feats = self.disc.forward_intermediates(images)
+        logits, mask_logits = self.disc.forward_head(feats[-1])
+        return (*feats, logits[:, 1] - logits[:, 0], mask_logits)
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_discriminator(ckpt_path: Path) -> tuple[Discriminator, Config, dict]:
+    state = checkpoint.load(ckpt_path)
+    cfg = Config.from_dict(state["config"])
+    disc = build_networks(cfg.model)["disc"]
+    disc.load_state_dict(state["networks"]["disc"])
+    return disc.eval().to(memory_format=torch.contiguous_format), cfg, state
+
+
+def export_onnx(disc: Discriminator, size: int, path: Path) -> None:
+    wrapper = SpotExport(disc).eval()
+    example = torch.randn(2, 3, size, size) * 60
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notices are not actionable here
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["images"],
+            output_names=OUTPUTS,
+            dynamic_axes={name: {0: "batch"} for name in ["images", *OUTPUTS]},
+        )
+
+
+def compare(disc: Discriminator, session: ort.InferenceSession, batches: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Max abs difference per input set, over all outputs, each output scaled by max(1, its max |value|)."""
+    wrapper = SpotExport(disc).eval()
+    report = {}
+    for label, x in batches.items():
+        with torch.no_grad():
+            expected = [t.numpy() for t in wrapper(x)]
+        got = session.run(OUTPUTS, {"images": x.numpy()})
+        diffs = [float(np.abs(g - e).max() / max(1.0, float(np.abs(e).max()))) for g, e in zip(got, expected)]
+        report[label] = max(diffs)
+    return report
+
+
+def real_batch(cfg: Config, count: int = 16) -> torch.Tensor:
+    """The first `count` held-out images as the discriminator sees them (test crop, 0-255 minus mean)."""
+    size = cfg.model.image_size
+    data = load_images(cfg.data.val, cfg.data.root or None, cfg.data.cache_dir or None, size)
+    dataset = ImageArrayDataset(data, test_transform(cfg.data, size))
+    images = torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])
+    return to_disc_input(images)
+
+
+def export(ckpt_path: Path, out_dir: Path, name: str | None = None, version: str = "1", metrics: dict | None = None) -> dict:
+    """Write model.onnx, model.json and MODEL_CARD.md into `out_dir`; returns model.json's content."""
+    disc, cfg, state = load_discriminator(Path(ckpt_path))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / "model.onnx"
+    size = cfg.model.image_size
+    export_onnx(disc, size, onnx_path)
+    model = onnx.load(str(onnx_path))
+    onnx.checker.check_model(model, full_check=True)
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(0)
+    batches = {
+        "random_batch1": torch.randn(1, 3, size, size, generator=gen) * 60,
+        "random_batch7": torch.randn(7, 3, size, size, generator=gen) * 60,
+        "real_images": real_batch(cfg),
+    }
+    check = compare(disc, session, batches)
+    if max(check.values()) > TOLERANCE:
+        raise RuntimeError(f"ONNX Runtime differs from PyTorch beyond {TOLERANCE}: {check}")
+
+    with torch.no_grad():
+        shapes = {n: list(t.shape[1:]) for n, t in zip(OUTPUTS, SpotExport(disc)(batches["random_batch1"]))}
+    descriptions = {
+        "real_logit": "real-vs-artifact logit; positive = real, sigmoid(-x) = artifact score",
+        "mask_logits": "drop-mask logits on the encoder grid; positive = kept (no artifact there)",
+    }
+    outputs = [
+        {"name": n, "shape": [None, *shapes[n]], "description": descriptions.get(n, f"{n} feature map after ReLU")}
+        for n in OUTPUTS
+    ]
+    meta = {
+        "name": name or out_dir.name,
+        "version": version,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "format": "onnx",
+        "opset": OPSET,
+        "input": {"name": "images", "shape": [None, 3, size, size], "dtype": "float32"},
+        "preprocessing": {
+            "input_size": size,
+            "color_order": "RGB",
+            "pixel_range": [0, 255],
+            "mean": list(IMAGENET_MEAN_255),
+            "std": [1.0, 1.0, 1.0],
+            "formula": "x = (pixel - mean) / std, pixel in 0..255, NCHW",
+            "crop_fraction": cfg.data.test_crop,
+            "interpolation": "bilinear",
+        },
+        "outputs": outputs,
+        "layers": LAYERS,
+        "feature_info": [{"name": f.name, "channels": f.channels, "reduction": f.reduction} for f in disc.feature_info],
+        "probe_pooling": {
+            n: {"kind": "adaptive_avg", "grid": (g := probe_grid(shapes[n][0], shapes[n][-1])), "dims": shapes[n][0] * g * g}
+            for n in LAYERS
+        },
+        "mask_grid": shapes["mask_logits"][-1],
+        "sha256": sha256(onnx_path),
+        "size_bytes": onnx_path.stat().st_size,
+        "export_check": {"tolerance": TOLERANCE, "max_abs_diff_scaled": check},
+        "training": {
+            "preset": cfg.preset,
+            "config": cfg.to_dict(),
+            "data": cfg.data.train,
+            "steps": {"stage": state["stage"], "step": state["step"], "completed": state["completed"]},
+            "wall_time_s": float(state.get("wall_time", 0.0)),
+            "world_size": int(state.get("world_size", 1)),
+            "hardware": state.get("hardware", "unknown"),
+            "git_commit": git_commit(),
+            "checkpoint": str(ckpt_path),
+            "torch_version": torch.__version__,
+        },
+        "metrics": metrics or {},
+    }
+    (out_dir / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out_dir / "MODEL_CARD.md").write_text(render(meta))
+    log.info("exported %s (%d bytes), export check %s", onnx_path, meta["size_bytes"], check)
+    return meta

@@ -1,0 +1,392 @@
+"""The training loop: stage 1 trains the autoencoder, stage 2 the repair net against the discriminator.
+
+`train(cfg, run_dir)` runs the stages named in `cfg.train.stages`, resuming from `run_dir/checkpoint.pt`
+when it exists. It works the same on one CPU and under `torchrun` on many GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import average_precision_score
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import checkpoint, dist
+from .artifacts import damage, sample_keep_mask
+from .config import Config, dump
+from .data import ImageArrayDataset, ResumableSampler, load_images, test_transform, train_transform
+from .log import MetricLog, sample_grid
+from .losses import autoencoder_loss, discriminator_loss, real_fake_labels, repair_loss
+from .networks import build_networks, encoder_grid, to_disc_input
+
+log = logging.getLogger(__name__)
+STAGES = ("ae", "spot")
+CHECKPOINT = "checkpoint.pt"
+
+
+# ----------------------------------------------------------------------------------------------
+# One step of each stage. Both return (losses to back-propagate, scalars to report).
+
+
+def ae_step(nets: dict, images: torch.Tensor, cfg: Config):
+    reconstruction = nets["ae"](images)
+    loss = autoencoder_loss(images, reconstruction, cfg.train.ae_weight)
+    psnr = psnr_db(images, reconstruction)
+    return {"ae": loss}, {"loss/ae": loss.detach(), "psnr": psnr}
+
+
+def make_pair(nets: dict, images: torch.Tensor, cfg: Config, generator=None):
+    """Real = AE reconstruction of clean features; fake = repaired reconstruction of damaged ones."""
+    ae = nets["ae"]
+    with torch.no_grad():
+        z = ae.encode(images)
+        real = ae.decode(z)
+    keep = sample_keep_mask(len(images), z.shape[-2:], cfg.train.drop_rate, images.device, generator)
+    damaged = damage(z, keep)
+    if cfg.model.repair:
+        fake = nets["repair"](ae, damaged, keep)
+    else:
+        with torch.no_grad():
+            fake = ae.decode(damaged)
+    return real, fake, keep
+
+
+def spot_step(nets: dict, images: torch.Tensor, cfg: Config):
+    t = cfg.train
+    real, fake, keep = make_pair(nets, images, cfg)
+    n = len(images)
+    both = torch.cat([real, fake])
+    if both.shape[-1] != cfg.model.image_size:  # imagenet preset: AE at 208 px, discriminator at 227
+        both = F.interpolate(both, size=cfg.model.image_size, mode="bilinear", align_corners=False)
+    logits, mask_logits = nets["disc"](to_disc_input(both))  # one batch: BN statistics mix both halves
+    labels = real_fake_labels(n, n, images.device)
+    keep_targets = torch.cat([torch.ones_like(keep), keep])
+    loss_d, scalars = discriminator_loss(logits, labels, mask_logits, keep_targets, t.mask_weight)
+    losses = {"disc": loss_d}
+    if cfg.model.repair:
+        kept_pixels = F.interpolate(keep, size=images.shape[-2:], mode="nearest")
+        loss_r, rep = repair_loss(logits[n:], images, fake, kept_pixels, t.adv_weight, t.rec_weight)
+        if t.paper_loss_quirk:  # TF code: the repair net's total also held the discriminator's loss
+            loss_r = loss_r + loss_d
+        losses["repair"] = loss_r
+        scalars.update(rep)
+    with torch.no_grad():
+        pred = logits.argmax(1)
+        scalars["acc/real"] = (pred[:n] == 1).float().mean()
+        scalars["acc/fake"] = (pred[n:] == 0).float().mean()
+    return losses, scalars
+
+
+def psnr_db(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean PSNR over images in [-1, 1] (peak-to-peak 2)."""
+    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1).clamp(min=1e-10)
+    return (10 * torch.log10(4.0 / mse)).mean().detach()
+
+
+# ----------------------------------------------------------------------------------------------
+# Held-out evaluation, reported beside the training losses.
+
+
+@torch.no_grad()
+def evaluate(nets: dict, batches: list[torch.Tensor], cfg: Config, stage: str) -> dict[str, float]:
+    modes = {k: m.training for k, m in nets.items()}
+    for m in nets.values():
+        m.eval()
+    gen = torch.Generator(device=batches[0].device).manual_seed(1234)  # the same masks every time
+    psnrs, real_scores, fake_scores, drop_scores, drop_targets = [], [], [], [], []
+    for images in batches:
+        psnrs.append(psnr_db(images, nets["ae"](images)))
+        if stage != "spot":
+            continue
+        real, fake, keep = make_pair(nets, images, cfg, gen)
+        both = torch.cat([real, fake])
+        if both.shape[-1] != cfg.model.image_size:
+            both = F.interpolate(both, size=cfg.model.image_size, mode="bilinear", align_corners=False)
+        logits, mask_logits = nets["disc"](to_disc_input(both))
+        score = (logits[:, 1] - logits[:, 0]).float().cpu()  # positive = real
+        real_scores.append(score[: len(images)])
+        fake_scores.append(score[len(images) :])
+        drop_scores.append(-mask_logits[len(images) :].float().flatten().cpu())
+        drop_targets.append((1 - keep).flatten().cpu())
+    for k, m in nets.items():
+        m.train(modes[k])
+    out = {"val/psnr": float(torch.stack(psnrs).mean())}
+    if stage == "spot":
+        real_s, fake_s = torch.cat(real_scores), torch.cat(fake_scores)
+        out["val/acc_real"] = float((real_s > 0).float().mean())
+        out["val/acc_fake"] = float((fake_s <= 0).float().mean())
+        targets = torch.cat(drop_targets).numpy()
+        if 0 < targets.sum() < len(targets):
+            out["val/mask_ap"] = float(average_precision_score(targets, torch.cat(drop_scores).numpy()))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimiser and schedule.
+
+
+def make_optimizer(modules: dict[str, nn.Module], cfg: Config) -> torch.optim.Adam:
+    """One Adam for every trained network; L2 (coupled weight decay) on conv weights only, except
+    the autoencoder, whose biases are regularised too (slim's regularizers)."""
+    decay, no_decay = [], []
+    for name, module in modules.items():
+        for pname, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            is_bn = any(isinstance(m, nn.BatchNorm2d) for n, m in module.named_modules() if pname.startswith(n + ".") and n)
+            (decay if p.ndim > 1 or (name == "ae" and not is_bn) else no_decay).append(p)
+    t = cfg.train
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.Adam(groups, lr=t.lr, betas=(t.beta1, 0.999), eps=t.eps)
+
+
+def lr_factor(step: int, total: int, cfg: Config) -> float:
+    """Linear decay to `final_lr_fraction` at `decay_fraction` of the steps, then constant."""
+    t = cfg.train
+    progress = min(step / max(1.0, t.decay_fraction * total), 1.0)
+    return 1.0 - (1.0 - t.final_lr_fraction) * progress
+
+
+def scale_bias_grads(modules: dict[str, nn.Module], factor: float) -> None:
+    if factor == 1.0:
+        return
+    for module in modules.values():
+        for name, p in module.named_parameters():
+            if name.endswith("bias") and p.grad is not None:
+                p.grad.mul_(factor)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop.
+
+
+def stage_modules(nets: dict, stage: str, cfg: Config) -> dict[str, nn.Module]:
+    """Which networks a stage trains: all others are frozen (requires_grad False, eval mode)."""
+    if stage == "ae":
+        return {"ae": nets["ae"]}
+    trained = {"disc": nets["disc"]}
+    if cfg.model.repair:
+        trained["repair"] = nets["repair"]
+    return trained
+
+
+def stage_steps(stage: str, cfg: Config) -> int:
+    return cfg.train.ae_steps if stage == "ae" else cfg.train.spot_steps
+
+
+def train(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
+    """Run (or resume) every stage in `cfg.train.stages`; returns the last logged metrics."""
+    info = dist.setup()
+    run_dir = Path(run_dir)
+    stages = [s.strip() for s in cfg.train.stages.split(",") if s.strip()]
+    if unknown := set(stages) - set(STAGES):
+        raise ValueError(f"unknown stages {sorted(unknown)}; stages are {', '.join(STAGES)}")
+
+    # Resume if this run folder has a checkpoint: it carries its own config.
+    state = None
+    if (run_dir / CHECKPOINT).exists():
+        state = checkpoint.load(run_dir / CHECKPOINT)
+        if state["config"]["model"] != cfg.to_dict()["model"]:
+            raise ValueError(f"{run_dir} holds a run with another model config: resume it as is or use a new --run-dir")
+        log.info("resuming %s from stage %s step %d", run_dir, state["stage"], state["step"])
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(dump(cfg))
+    dist.barrier()
+    torch.manual_seed(cfg.train.seed + info.rank)
+
+    # Construct networks.
+    nets = build_networks(cfg.model)
+    if state is not None:
+        for name, sd in state["networks"].items():
+            nets[name].load_state_dict(sd)
+    elif cfg.train.init_from:
+        init = checkpoint.load(Path(cfg.train.init_from))
+        for name in cfg.train.init_networks.split(","):
+            nets[name].load_state_dict(init["networks"][name])
+        log.info("initialised %s from %s", cfg.train.init_networks, cfg.train.init_from)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    for m in nets.values():
+        m.to(info.device, memory_format=memory_format)
+
+    # Data.
+    data_cfg = cfg.data
+    size = cfg.model.ae_size or cfg.model.image_size
+    train_set = ImageArrayDataset(load_images(data_cfg.train, data_cfg.root or None, data_cfg.cache_dir or None, size), train_transform(data_cfg, size))
+    val_set = ImageArrayDataset(load_images(data_cfg.val, data_cfg.root or None, data_cfg.cache_dir or None, size), test_transform(data_cfg, size))
+    val_batches = [
+        images.to(info.device, memory_format=memory_format)
+        for images, _ in DataLoader(val_set, batch_size=cfg.train.batch_size, shuffle=False)
+    ][: cfg.train.eval_batches] if info.is_main else []
+
+    metric_log = MetricLog(run_dir) if info.is_main else None
+    completed = list(state["completed"]) if state else []
+    wall_time = state.get("wall_time", 0.0) if state else 0.0
+    last = {}
+    for stage in stages:
+        if stage in completed:
+            continue
+        resume = state if state and state["stage"] == stage else None
+        last, wall_time = run_stage(stage, nets, cfg, info, train_set, val_batches, run_dir, metric_log, resume, completed, wall_time, progress)
+        completed.append(stage)
+        state = None
+    if metric_log:
+        metric_log.close()
+    dist.barrier()
+    dist.teardown()
+    return last
+
+
+def run_stage(stage, nets, cfg, info, train_set, val_batches, run_dir, metric_log, resume, completed, wall_time, progress):
+    t = cfg.train
+    total = stage_steps(stage, cfg)
+    trained = stage_modules(nets, stage, cfg)
+
+    # Setup the phase: only its own networks train, the rest are frozen in eval mode.
+    for name, m in nets.items():
+        m.requires_grad_(name in trained)
+        m.train(name in trained)
+    optimizer = make_optimizer(trained, cfg)
+    step, epoch, position = 0, 0, 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        step, epoch, position = resume["step"], resume["epoch"], resume["position"]
+        checkpoint.set_rng_state(resume["rng"])
+    wrapped = {k: DDP(m) if info.distributed else m for k, m in nets.items() if k in trained}
+    step_nets = {**nets, **wrapped}
+    if t.compile:
+        step_nets = {k: torch.compile(m) if k in trained else m for k, m in step_nets.items()}
+
+    sampler = ResumableSampler(train_set, info.world_size, info.rank, t.seed)
+    if len(sampler) + position < t.batch_size:
+        raise ValueError(f"{len(train_set)} training images are fewer than one batch of {t.batch_size} per process")
+    loader = DataLoader(
+        train_set,
+        batch_size=t.batch_size,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        drop_last=True,
+        pin_memory=info.device.type == "cuda",
+        persistent_workers=False,
+    )
+    per_epoch = sampler.num_samples
+
+    def batches():
+        nonlocal epoch, position
+        while True:
+            sampler.set_position(epoch, position)
+            for images, _ in loader:
+                position += t.batch_size
+                if per_epoch - position < t.batch_size:
+                    epoch, position = epoch + 1, 0
+                yield images
+
+    def save_checkpoint():
+        if info.is_main:
+            checkpoint.save(
+                run_dir / CHECKPOINT,
+                {
+                    "config": cfg.to_dict(),
+                    "stage": stage,
+                    "step": step,
+                    "epoch": epoch,
+                    "position": position,
+                    "completed": completed + ([stage] if step >= total else []),
+                    "networks": {k: m.state_dict() for k, m in nets.items()},
+                    "optimizer": optimizer.state_dict(),
+                    "rng": checkpoint.rng_state(),
+                    "wall_time": wall_time + (time.time() - started),
+                    "world_size": info.world_size,
+                    "hardware": dist.describe_hardware(),
+                },
+            )
+        dist.barrier()
+
+    images_per_step = t.batch_size * info.world_size
+    bar = tqdm(total=total, initial=step, desc=stage, unit="step", disable=not (progress and info.is_main), dynamic_ncols=True)
+    started = time.time()
+    window_start, window_images, sums, count = time.time(), 0, {}, 0
+    last = {}
+    stream = batches()
+    while step < total:
+        images = next(stream).to(info.device, non_blocking=True, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
+        for group in optimizer.param_groups:
+            group["lr"] = t.lr * lr_factor(step, total, cfg)
+
+        # Forward both halves once, then back-propagate each loss into its own network only.
+        with dist.autocast(info.device, t.amp):
+            losses, scalars = ae_step(step_nets, images, cfg) if stage == "ae" else spot_step(step_nets, images, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        names = list(losses)
+        for i, name in enumerate(names):
+            params = [p for p in trained[name].parameters() if p.requires_grad]
+            losses[name].backward(inputs=params, retain_graph=i < len(names) - 1)
+        scale_bias_grads(trained, t.bias_grad_scale)
+        optimizer.step()
+        step += 1
+
+        # Report.
+        window_images += images_per_step
+        for k, v in scalars.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        count += 1
+        bar.update(1)
+        if step % t.log_every == 0 or step == total:
+            elapsed = time.time() - window_start
+            metrics = {k: float(dist.mean_across(torch.tensor(v / count))) for k, v in sums.items()}
+            metrics["img_per_s"] = window_images / max(elapsed, 1e-9)
+            metrics["lr"] = optimizer.param_groups[0]["lr"]
+            metrics["epoch"] = epoch
+            if info.is_main:
+                metrics.update(evaluate(nets, val_batches, cfg, stage))
+                metric_log.write(stage, step, metrics)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items() if k.startswith(("loss", "val/"))} | {"img/s": f"{metrics['img_per_s']:.0f}"})
+            last = metrics
+            window_start, window_images, sums, count = time.time(), 0, {}, 0
+        if info.is_main and (step % t.sample_every == 0 or step == total):
+            grid = save_samples(nets, val_batches[0], cfg, stage, run_dir / "samples" / f"{stage}-{step:07d}.png")
+            metric_log.image(stage, step, grid)
+        if step % t.ckpt_every == 0 or step == total:
+            save_checkpoint()
+    bar.close()
+    wall_time += time.time() - started
+    if info.is_main:
+        summary = {"stage": stage, "steps": total, "wall_time_s": wall_time, **last}
+        with open(run_dir / "summary.jsonl", "a") as f:
+            f.write(json.dumps(summary) + "\n")
+    return last, wall_time
+
+
+@torch.no_grad()
+def save_samples(nets: dict, images: torch.Tensor, cfg: Config, stage: str, path: Path) -> torch.Tensor:
+    """Rows: input, reconstruction, damaged (decoded as is), repaired, true and predicted drop-mask."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    modes = {k: m.training for k, m in nets.items()}
+    for m in nets.values():
+        m.eval()
+    images = images[:8]
+    ae = nets["ae"]
+    z = ae.encode(images)
+    rows = [images, ae.decode(z)]
+    if stage == "spot":
+        gen = torch.Generator(device=images.device).manual_seed(0)
+        keep = sample_keep_mask(len(images), z.shape[-2:], cfg.train.drop_rate, images.device, gen)
+        damaged = damage(z, keep)
+        repaired = nets["repair"](ae, damaged, keep) if cfg.model.repair else ae.decode(damaged)
+        disc_in = repaired
+        if disc_in.shape[-1] != cfg.model.image_size:
+            disc_in = F.interpolate(disc_in, size=cfg.model.image_size, mode="bilinear", align_corners=False)
+        _, mask_logits = nets["disc"](to_disc_input(disc_in))
+        rows += [ae.decode(damaged), repaired, 1 - keep, torch.sigmoid(-mask_logits.float())]  # white = dropped
+    for k, m in nets.items():
+        m.train(modes[k])
+    return sample_grid(rows, path)
+
