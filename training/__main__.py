@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", choices=list_presets(), required=True)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
+    p = sub.add_parser("evaluate", help="held-out PSNR, real/fake accuracy, ROC-AUC and mask AP of a checkpoint")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", help="source spec (default: the run's data.val)")
+    p.add_argument("--crop", type=float, default=1.0, help="central crop fraction (1.0 = images as stored)")
+    p.add_argument("--limit", type=int, default=0, help="score only the first N images")
     sub.add_parser("keys", help="list every config key")
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -69,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(results, indent=2))
             if args.out:
                 args.out.write_text(json.dumps(results, indent=2) + "\n")
+        elif args.command == "evaluate":
+            from .evaluate import evaluate_checkpoint
+
+            print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.crop, args.limit), indent=2))
         elif args.command == "keys":
             print("\n".join(valid_keys()))
     except (KeyError, TypeError, ValueError, FileNotFoundError, checkpoint.CheckpointError) as exc:

@@ -31,6 +31,8 @@ def set_rng_state(state: dict) -> None:
 def save(path: Path, state: dict) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: never a truncated file."""
     path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a run killed mid-write
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         torch.save(state, f)

@@ -147,7 +147,11 @@ def load_images(spec: str, root: Path | None = None, cache_dir: Path | None = No
     root = Path(root or default_data_root())
     cache_dir = Path(cache_dir or default_cache_dir())
     kind, _, arg = spec.partition(":")
-    key = spec if kind != "folder" else f"folder-{hashlib.sha1(str(Path(arg).resolve()).encode()).hexdigest()[:12]}-{size}"
+    key = (
+        spec
+        if kind != "folder"
+        else f"folder-{hashlib.sha1(str(Path(arg).resolve()).encode()).hexdigest()[:12]}-{size}"
+    )
     stem = cache_dir / key.replace(":", "-").replace("/", "_")
     if (stem.with_suffix(".json")).exists():
         meta = json.loads(stem.with_suffix(".json").read_text())
@@ -171,7 +175,9 @@ def load_images(spec: str, root: Path | None = None, cache_dir: Path | None = No
             np.save(f, array)
         os.replace(tmp, f"{stem}{suffix}")
     tmp = stem.with_suffix(f".json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"spec": spec, "count": len(data.labels), "shape": list(data.images.shape), "classes": data.classes}))
+    tmp.write_text(
+        json.dumps({"spec": spec, "count": len(data.labels), "shape": list(data.images.shape), "classes": data.classes})
+    )
     os.replace(tmp, stem.with_suffix(".json"))  # written last: its presence marks a complete cache
     return data
 
@@ -190,7 +196,7 @@ def train_transform(cfg: DataConfig, size: int) -> v2.Compose:
     )
 
 
-def test_transform(cfg: DataConfig, size: int) -> v2.Compose:
+def eval_transform(cfg: DataConfig, size: int) -> v2.Compose:
     """Central crop keeping `test_crop` of the side, resized to `size`; no colour change."""
     return v2.Compose(
         [

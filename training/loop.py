@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
@@ -22,10 +22,10 @@ from tqdm import tqdm
 from . import checkpoint, dist
 from .artifacts import damage, sample_keep_mask
 from .config import Config, dump
-from .data import ImageArrayDataset, ResumableSampler, load_images, test_transform, train_transform
+from .data import ImageArrayDataset, ResumableSampler, load_images, eval_transform, train_transform
 from .log import MetricLog, sample_grid
 from .losses import autoencoder_loss, discriminator_loss, real_fake_labels, repair_loss
-from .networks import build_networks, encoder_grid, to_disc_input
+from .networks import build_networks, to_disc_input
 
 log = logging.getLogger(__name__)
 STAGES = ("ae", "spot")
@@ -123,6 +123,8 @@ def evaluate(nets: dict, batches: list[torch.Tensor], cfg: Config, stage: str) -
         real_s, fake_s = torch.cat(real_scores), torch.cat(fake_scores)
         out["val/acc_real"] = float((real_s > 0).float().mean())
         out["val/acc_fake"] = float((fake_s <= 0).float().mean())
+        is_fake = torch.cat([torch.zeros_like(real_s), torch.ones_like(fake_s)]).numpy()
+        out["val/auc"] = float(roc_auc_score(is_fake, -torch.cat([real_s, fake_s]).numpy()))
         targets = torch.cat(drop_targets).numpy()
         if 0 < targets.sum() < len(targets):
             out["val/mask_ap"] = float(average_precision_score(targets, torch.cat(drop_scores).numpy()))
@@ -141,7 +143,9 @@ def make_optimizer(modules: dict[str, nn.Module], cfg: Config) -> torch.optim.Ad
         for pname, p in module.named_parameters():
             if not p.requires_grad:
                 continue
-            is_bn = any(isinstance(m, nn.BatchNorm2d) for n, m in module.named_modules() if pname.startswith(n + ".") and n)
+            is_bn = any(
+                isinstance(m, nn.BatchNorm2d) for n, m in module.named_modules() if pname.startswith(n + ".") and n
+            )
             (decay if p.ndim > 1 or (name == "ae" and not is_bn) else no_decay).append(p)
     t = cfg.train
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -220,12 +224,22 @@ def train(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     # Data.
     data_cfg = cfg.data
     size = cfg.model.ae_size or cfg.model.image_size
-    train_set = ImageArrayDataset(load_images(data_cfg.train, data_cfg.root or None, data_cfg.cache_dir or None, size), train_transform(data_cfg, size))
-    val_set = ImageArrayDataset(load_images(data_cfg.val, data_cfg.root or None, data_cfg.cache_dir or None, size), test_transform(data_cfg, size))
-    val_batches = [
-        images.to(info.device, memory_format=memory_format)
-        for images, _ in DataLoader(val_set, batch_size=cfg.train.batch_size, shuffle=False)
-    ][: cfg.train.eval_batches] if info.is_main else []
+    train_set = ImageArrayDataset(
+        load_images(data_cfg.train, data_cfg.root or None, data_cfg.cache_dir or None, size),
+        train_transform(data_cfg, size),
+    )
+    val_set = ImageArrayDataset(
+        load_images(data_cfg.val, data_cfg.root or None, data_cfg.cache_dir or None, size),
+        eval_transform(data_cfg, size),
+    )
+    val_batches = (
+        [
+            images.to(info.device, memory_format=memory_format)
+            for images, _ in DataLoader(val_set, batch_size=cfg.train.batch_size, shuffle=False)
+        ][: cfg.train.eval_batches]
+        if info.is_main
+        else []
+    )
 
     metric_log = MetricLog(run_dir) if info.is_main else None
     completed = list(state["completed"]) if state else []
@@ -235,7 +249,9 @@ def train(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
         if stage in completed:
             continue
         resume = state if state and state["stage"] == stage else None
-        last, wall_time = run_stage(stage, nets, cfg, info, train_set, val_batches, run_dir, metric_log, resume, completed, wall_time, progress)
+        last, wall_time = run_stage(
+            stage, nets, cfg, info, train_set, val_batches, run_dir, metric_log, resume, completed, wall_time, progress
+        )
         completed.append(stage)
         state = None
     if metric_log:
@@ -245,7 +261,9 @@ def train(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     return last
 
 
-def run_stage(stage, nets, cfg, info, train_set, val_batches, run_dir, metric_log, resume, completed, wall_time, progress):
+def run_stage(
+    stage, nets, cfg, info, train_set, val_batches, run_dir, metric_log, resume, completed, wall_time, progress
+):
     t = cfg.train
     total = stage_steps(stage, cfg)
     trained = stage_modules(nets, stage, cfg)
@@ -268,14 +286,16 @@ def run_stage(stage, nets, cfg, info, train_set, val_batches, run_dir, metric_lo
     sampler = ResumableSampler(train_set, info.world_size, info.rank, t.seed)
     if len(sampler) + position < t.batch_size:
         raise ValueError(f"{len(train_set)} training images are fewer than one batch of {t.batch_size} per process")
+    loader_rng = torch.Generator()  # DataLoader draws its worker base seed here, not from the global RNG
     loader = DataLoader(
         train_set,
+        generator=loader_rng,
         batch_size=t.batch_size,
         sampler=sampler,
         num_workers=cfg.data.num_workers,
         drop_last=True,
         pin_memory=info.device.type == "cuda",
-        persistent_workers=False,
+        persistent_workers=cfg.data.num_workers > 0,
     )
     per_epoch = sampler.num_samples
 
@@ -283,6 +303,7 @@ def run_stage(stage, nets, cfg, info, train_set, val_batches, run_dir, metric_lo
         nonlocal epoch, position
         while True:
             sampler.set_position(epoch, position)
+            loader_rng.manual_seed(t.seed * 100_003 + epoch)  # workers' augmentation seeds: per epoch
             for images, _ in loader:
                 position += t.batch_size
                 if per_epoch - position < t.batch_size:
@@ -311,13 +332,19 @@ def run_stage(stage, nets, cfg, info, train_set, val_batches, run_dir, metric_lo
         dist.barrier()
 
     images_per_step = t.batch_size * info.world_size
-    bar = tqdm(total=total, initial=step, desc=stage, unit="step", disable=not (progress and info.is_main), dynamic_ncols=True)
+    bar = tqdm(
+        total=total, initial=step, desc=stage, unit="step", disable=not (progress and info.is_main), dynamic_ncols=True
+    )
     started = time.time()
     window_start, window_images, sums, count = time.time(), 0, {}, 0
     last = {}
     stream = batches()
     while step < total:
-        images = next(stream).to(info.device, non_blocking=True, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
+        images = next(stream).to(
+            info.device,
+            non_blocking=True,
+            memory_format=torch.channels_last if t.channels_last else torch.contiguous_format,
+        )
         for group in optimizer.param_groups:
             group["lr"] = t.lr * lr_factor(step, total, cfg)
 
@@ -348,7 +375,10 @@ def run_stage(stage, nets, cfg, info, train_set, val_batches, run_dir, metric_lo
             if info.is_main:
                 metrics.update(evaluate(nets, val_batches, cfg, stage))
                 metric_log.write(stage, step, metrics)
-                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items() if k.startswith(("loss", "val/"))} | {"img/s": f"{metrics['img_per_s']:.0f}"})
+                bar.set_postfix(
+                    {k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items() if k.startswith(("loss", "val/"))}
+                    | {"img/s": f"{metrics['img_per_s']:.0f}"}
+                )
             last = metrics
             window_start, window_images, sums, count = time.time(), 0, {}, 0
         if info.is_main and (step % t.sample_every == 0 or step == total):
@@ -389,4 +419,3 @@ def save_samples(nets: dict, images: torch.Tensor, cfg: Config, stage: str, path
     for k, m in nets.items():
         m.train(modes[k])
     return sample_grid(rows, path)
-

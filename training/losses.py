@@ -16,11 +16,17 @@ def masked_mse(target: torch.Tensor, output: torch.Tensor, weights: torch.Tensor
 
 
 def real_fake_labels(n_real: int, n_fake: int, device) -> torch.Tensor:
-    return torch.cat([torch.ones(n_real, dtype=torch.long, device=device), torch.zeros(n_fake, dtype=torch.long, device=device)])
+    return torch.cat(
+        [torch.ones(n_real, dtype=torch.long, device=device), torch.zeros(n_fake, dtype=torch.long, device=device)]
+    )
 
 
 def discriminator_loss(
-    logits: torch.Tensor, labels: torch.Tensor, mask_logits: torch.Tensor, keep_targets: torch.Tensor, mask_weight: float = 0.1
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    mask_logits: torch.Tensor,
+    keep_targets: torch.Tensor,
+    mask_weight: float = 0.1,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """CE(real/fake) + mask_weight * BCE(drop-mask); reals' mask target is all kept (ones)."""
     ce = F.cross_entropy(logits.float(), labels)
@@ -37,6 +43,8 @@ def repair_loss(
     rec_weight: float = 30.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Non-saturating adversarial CE with flipped labels + rec_weight * MSE at kept locations."""
-    adv = F.cross_entropy(fake_logits.float(), torch.ones(len(fake_logits), dtype=torch.long, device=fake_logits.device))
+    adv = F.cross_entropy(
+        fake_logits.float(), torch.ones(len(fake_logits), dtype=torch.long, device=fake_logits.device)
+    )
     rec = masked_mse(images, repaired, kept_pixels)
     return adv_weight * adv + rec_weight * rec, {"loss/repair/adv": adv.detach(), "loss/repair/rec": rec.detach()}

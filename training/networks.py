@@ -267,7 +267,9 @@ def build_repair(cfg: ModelConfig, ae: AutoEncoder) -> RepairNet:
 
 def build_discriminator(cfg: ModelConfig) -> Discriminator:
     channels = [2 * scaled(c // 2, cfg.width) for c in cfg.disc_channels]  # even: grouped convs
-    return Discriminator(cfg.image_size, channels, scaled(cfg.disc_fc, cfg.width), cfg.disc_conv1_stride, cfg.disc_padding)
+    return Discriminator(
+        cfg.image_size, channels, scaled(cfg.disc_fc, cfg.width), cfg.disc_conv1_stride, cfg.disc_padding
+    )
 
 
 def encoder_grid(cfg: ModelConfig) -> int:

@@ -48,9 +48,16 @@ def time_stage(cfg: Config, stage: str, steps: int, warmup: int = 3) -> float:
 
 def measure(cfg: Config, steps: int = 20) -> dict:
     """img/s for each stage and variant, and each variant's ratio to fp32 eager."""
-    results = {"preset": cfg.preset, "batch_size": cfg.train.batch_size, "width": cfg.model.width,
-               "image_size": cfg.model.image_size, "threads": torch.get_num_threads(),
-               "hardware": dist.describe_hardware(), "steps": steps, "stages": {}}
+    results = {
+        "preset": cfg.preset,
+        "batch_size": cfg.train.batch_size,
+        "width": cfg.model.width,
+        "image_size": cfg.model.image_size,
+        "threads": torch.get_num_threads(),
+        "hardware": dist.describe_hardware(),
+        "steps": steps,
+        "stages": {},
+    }
     for stage in ("ae", "spot"):
         rates = {}
         for name, settings in VARIANTS.items():
@@ -58,5 +65,7 @@ def measure(cfg: Config, steps: int = 20) -> dict:
             variant.train.amp, variant.train.channels_last = settings["amp"], settings["channels_last"]
             rates[name] = time_stage(variant, stage, steps)
         base = rates["fp32_eager"]
-        results["stages"][stage] = {n: {"img_per_s": round(r, 1), "vs_fp32_eager": round(r / base, 3)} for n, r in rates.items()}
+        results["stages"][stage] = {
+            n: {"img_per_s": round(r, 1), "vs_fp32_eager": round(r / base, 3)} for n, r in rates.items()
+        }
     return results

@@ -1,0 +1,82 @@
+"""The export contract (DESIGN.md): names, dynamic batch, one self-contained file, model.json, and
+ONNX Runtime equal to PyTorch within 1e-4 on random and real images."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from training.export import OUTPUTS, SpotExport, load_discriminator, real_batch, sha256
+
+from ..conftest import REPO, run_cli
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, cache_dir, data_root):
+    root = tmp_path_factory.mktemp("export")
+    cmd = [sys.executable, "-m", "training", "train", "--preset", "tiny", "--run-dir", str(root / "run"), "--no-progress",
+           "--ae_steps=10", "--spot_steps=10", "--log_every=5"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("export", "--checkpoint", str(root / "run" / "checkpoint.pt"), "--out", str(root / "spot-tiny"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["sha256"]
+    return root
+
+
+def test_the_export_folder_holds_one_self_contained_model(exported):
+    folder = exported / "spot-tiny"
+    assert sorted(p.name for p in folder.iterdir()) == ["MODEL_CARD.md", "model.json", "model.onnx"]
+    model = onnx.load(str(folder / "model.onnx"))
+    onnx.checker.check_model(model)
+    assert [i.name for i in model.graph.input] == ["images"]
+    assert [o.name for o in model.graph.output] == OUTPUTS
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def test_model_json_describes_the_model(exported):
+    folder = exported / "spot-tiny"
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["sha256"] == sha256(folder / "model.onnx")
+    assert meta["input"]["shape"] == [None, 3, 32, 32]
+    assert meta["preprocessing"]["mean"] == [123.68, 116.78, 103.94]
+    outputs = {o["name"]: o["shape"] for o in meta["outputs"]}
+    assert outputs["real_logit"] == [None] and outputs["mask_logits"] == [None, 1, 4, 4]
+    assert outputs["conv5"] == [None, 32, 4, 4]
+    assert meta["training"]["preset"] == "tiny" and meta["training"]["steps"]["completed"] == ["ae", "spot"]
+    assert meta["training"]["git_commit"] and meta["training"]["hardware"]
+    for layer, pool in meta["probe_pooling"].items():
+        assert pool["dims"] == outputs[layer][1] * pool["grid"] ** 2 <= 9600
+    checks = [v for k, v in meta["export_check"].items() if k != "tolerance_scaled"]
+    assert len(checks) == 3 and all(c["max_scaled_diff"] <= 1e-4 for c in checks)
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert meta["sha256"] in card and "real_logit" in card
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_onnx_runtime_matches_pytorch(exported, batch, data_root):
+    disc, cfg, _ = load_discriminator(exported / "run" / "checkpoint.pt")
+    session = ort.InferenceSession(str(exported / "spot-tiny" / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = {
+        "random": torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch + 10)) * 60,
+        "real": real_batch(cfg, batch),
+    }
+    for x in inputs.values():
+        with torch.no_grad():
+            expected = [t.numpy() for t in SpotExport(disc)(x)]
+        got = session.run(OUTPUTS, {"images": x.numpy()})
+        for name, g, e in zip(OUTPUTS, got, expected):
+            assert g.shape == e.shape and g.shape[0] == batch
+            assert np.abs(g - e).max() <= 1e-4 * max(1.0, np.abs(e).max()), name  # relative for big features
+            if name in ("real_logit", "mask_logits"):
+                assert np.abs(g - e).max() <= 1e-4, name  # the heads: absolute
+
+
+def test_export_of_a_missing_checkpoint_is_a_clear_error(tmp_path):
+    result = run_cli("export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "does not exist" in result.stderr
