@@ -24,6 +24,23 @@ def resolve_config(preset: str | None, run_dir: Path | None, overrides: list[str
     return load_config(preset, overrides)
 
 
+def run_probe(args) -> dict:
+    import torch
+
+    from .networks import build_networks
+    from .probe import ProbeSchedule, probe
+
+    if args.checkpoint:
+        nets, cfg, _ = checkpoint.load_networks(args.checkpoint)
+        source = str(args.checkpoint)
+    else:
+        cfg = load_config(args.random)
+        torch.manual_seed(cfg.train.seed)
+        nets, source = build_networks(cfg.model), f"random:{args.random}"
+    results = probe(nets["disc"], cfg, args.train_data, args.test_data, ProbeSchedule(epochs=args.epochs), args.limit)
+    return {"model": source, "preset": cfg.preset, **results}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +63,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="source spec (default: the run's data.val)")
     p.add_argument("--crop", type=float, default=1.0, help="central crop fraction (1.0 = images as stored)")
     p.add_argument("--limit", type=int, default=0, help="score only the first N images")
+    p = sub.add_parser("probe", help="linear probes on frozen conv1..conv5: top-1 per layer")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--checkpoint", type=Path, help="a trained run's checkpoint.pt")
+    who.add_argument("--random", metavar="PRESET", help="a randomly initialised discriminator of this preset")
+    p.add_argument("--train-data", required=True, help="labelled source spec the probes train on")
+    p.add_argument("--test-data", required=True, help="labelled source spec they are tested on")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--limit", type=int, default=0, help="use only the first N images of each set (smoke runs)")
+    p.add_argument("--out", type=Path, help="also write the results as JSON here")
+    p = sub.add_parser(
+        "spot-eval", help="artifact spotting: ROC-AUC/AP/accuracies per drop rate, mask AP, false alarms"
+    )
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--drop-rates", default="0.7,0.5,0.3,0.1", help="comma-separated")
+    p.add_argument("--photos", type=Path, help="a folder of raw photographs scored per tile at full size")
+    p.add_argument("--limit", type=int, default=0, help="score only the first N held-out images")
+    p.add_argument("--out", type=Path, help="also write the results as JSON here")
     sub.add_parser("keys", help="list every config key")
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -78,6 +112,21 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluate import evaluate_checkpoint
 
             print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.crop, args.limit), indent=2))
+        elif args.command == "probe":
+            results = run_probe(args)
+            print(json.dumps(results, indent=2))
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=2) + "\n")
+        elif args.command == "spot-eval":
+            from .spot_eval import spot_eval
+
+            rates = [float(r) for r in args.drop_rates.split(",")]
+            results = spot_eval(args.checkpoint, rates, args.photos, args.limit)
+            print(json.dumps(results, indent=2))
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=2) + "\n")
         elif args.command == "keys":
             print("\n".join(valid_keys()))
     except (KeyError, TypeError, ValueError, FileNotFoundError, checkpoint.CheckpointError) as exc:

@@ -58,3 +58,17 @@ def load(path: Path, map_location="cpu") -> dict:
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}: not a spot-artifacts checkpoint")
     return state
+
+
+def load_networks(path: Path, map_location="cpu") -> tuple[dict, object, dict]:
+    """Rebuild every network a checkpoint holds from its own config: (networks, Config, raw state)."""
+    from .config import Config
+    from .networks import build_networks
+
+    state = load(path, map_location)
+    cfg = Config.from_dict(state["config"])
+    nets = build_networks(cfg.model)
+    for name, sd in state["networks"].items():
+        if name in nets:
+            nets[name].load_state_dict(sd)
+    return nets, cfg, state

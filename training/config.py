@@ -27,6 +27,7 @@ class ModelConfig:
     disc_padding: str = "same"  # "same" (STL-10 code) or "valid" (Caffe AlexNet at 227 px)
     width: float = 1.0  # multiplies every channel count (0.5 = the CPU-trainable half width)
     repair: bool = True  # False = ablation: damaged features are decoded as they are
+    num_classes: int = 0  # > 0 adds the classifier head of the "supervised" comparison row
 
 
 @dataclass
@@ -51,6 +52,7 @@ class TrainConfig:
     stages: str = "ae,spot"  # which phases to run, in order
     ae_steps: int = 195_250
     spot_steps: int = 195_250
+    supervised_steps: int = 0  # the "supervised" row: the discriminator trained with labels
     batch_size: int = 128  # per process; the discriminator sees 2x this
     lr: float = 3e-4
     beta1: float = 0.5
@@ -63,6 +65,7 @@ class TrainConfig:
     rec_weight: float = 30.0  # repair net's masked MSE at kept locations
     adv_weight: float = 1.0
     mask_weight: float = 0.1  # 0 = ablation: no mask head loss
+    raw_real_fraction: float = 0.0  # share of the "real" half given as raw images, not reconstructions (0 = paper)
     paper_loss_quirk: bool = False  # repair loss also contains the discriminator loss, as in the TF code
     bias_grad_scale: float = 2.0  # TF code multiplies bias gradients by 2
     amp: str = "auto"  # "bf16", "none", or "auto" (bf16 on CUDA with bf16 support and on CPU)

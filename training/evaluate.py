@@ -9,27 +9,21 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpoint
-from .config import Config
 from .data import ImageArrayDataset, load_images, eval_transform
 from .loop import evaluate
-from .networks import build_networks
 
 
 def evaluate_checkpoint(
     ckpt_path, split: str | None = None, crop: float = 1.0, limit: int = 0, batch_size: int = 256
 ) -> dict:
-    state = checkpoint.load(ckpt_path)
-    cfg = Config.from_dict(state["config"])
-    nets = build_networks(cfg.model)
-    for name, sd in state["networks"].items():
-        nets[name].load_state_dict(sd)
+    nets, cfg, state = checkpoint.load_networks(ckpt_path)
     size = cfg.model.ae_size or cfg.model.image_size
     cfg.data.test_crop = crop
     data = load_images(split or cfg.data.val, cfg.data.root or None, cfg.data.cache_dir or None, size)
     dataset = ImageArrayDataset(data, eval_transform(cfg.data, size))
     if limit:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
-    batches = [images for images, _ in DataLoader(dataset, batch_size=batch_size, num_workers=0)]
+    batches = list(DataLoader(dataset, batch_size=batch_size, num_workers=0))
     stage = "spot" if "spot" in state["completed"] or state["stage"] == "spot" else "ae"
     metrics = evaluate(nets, batches, cfg, stage)
     return {

@@ -20,7 +20,7 @@ from . import checkpoint
 from .card import render
 from .config import Config
 from .data import ImageArrayDataset, load_images, eval_transform
-from .networks import IMAGENET_MEAN_255, Discriminator, build_networks, to_disc_input
+from .networks import IMAGENET_MEAN_255, Discriminator, to_disc_input
 from .pooling import probe_grid
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,8 @@ def sha256(path: Path) -> str:
 
 
 def load_discriminator(ckpt_path: Path) -> tuple[Discriminator, Config, dict]:
-    state = checkpoint.load(ckpt_path)
-    cfg = Config.from_dict(state["config"])
-    disc = build_networks(cfg.model)["disc"]
-    disc.load_state_dict(state["networks"]["disc"])
-    return disc.eval().to(memory_format=torch.contiguous_format), cfg, state
+    nets, cfg, state = checkpoint.load_networks(ckpt_path)
+    return nets["disc"].eval().to(memory_format=torch.contiguous_format), cfg, state
 
 
 def export_onnx(disc: Discriminator, size: int, path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from . import checkpoint, dist
@@ -28,15 +29,15 @@ from .losses import autoencoder_loss, discriminator_loss, real_fake_labels, repa
 from .networks import build_networks, to_disc_input
 
 log = logging.getLogger(__name__)
-STAGES = ("ae", "spot")
+STAGES = ("ae", "spot", "supervised")
 CHECKPOINT = "checkpoint.pt"
 
 
 # ----------------------------------------------------------------------------------------------
-# One step of each stage. Both return (losses to back-propagate, scalars to report).
+# One step of each stage. Each returns (losses to back-propagate, scalars to report).
 
 
-def ae_step(nets: dict, images: torch.Tensor, cfg: Config):
+def ae_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
     reconstruction = nets["ae"](images)
     loss = autoencoder_loss(images, reconstruction, cfg.train.ae_weight)
     psnr = psnr_db(images, reconstruction)
@@ -59,13 +60,28 @@ def make_pair(nets: dict, images: torch.Tensor, cfg: Config, generator=None):
     return real, fake, keep
 
 
-def spot_step(nets: dict, images: torch.Tensor, cfg: Config):
+def real_half(images: torch.Tensor, reconstructions: torch.Tensor, raw_fraction: float) -> torch.Tensor:
+    """The discriminator's "real" half: reconstructions (the paper), the first `raw_fraction` of them
+    swapped for the raw images, so that unaltered photographs are learnt as real too."""
+    raw = round(raw_fraction * len(images))
+    if raw == 0:
+        return reconstructions
+    return torch.cat([images[:raw].to(reconstructions.dtype), reconstructions[raw:]])
+
+
+def disc_size(images: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """Resize to the discriminator's input when the autoencoder runs at another size (imagenet preset)."""
+    if images.shape[-1] == cfg.model.image_size:
+        return images
+    return F.interpolate(images, size=cfg.model.image_size, mode="bilinear", align_corners=False)
+
+
+def spot_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
     t = cfg.train
     real, fake, keep = make_pair(nets, images, cfg)
     n = len(images)
-    both = torch.cat([real, fake])
-    if both.shape[-1] != cfg.model.image_size:  # imagenet preset: AE at 208 px, discriminator at 227
-        both = F.interpolate(both, size=cfg.model.image_size, mode="bilinear", align_corners=False)
+    real = real_half(images, real, t.raw_real_fraction)
+    both = disc_size(torch.cat([real, fake]), cfg)
     logits, mask_logits = nets["disc"](to_disc_input(both))  # one batch: BN statistics mix both halves
     labels = real_fake_labels(n, n, images.device)
     keep_targets = torch.cat([torch.ones_like(keep), keep])
@@ -85,6 +101,19 @@ def spot_step(nets: dict, images: torch.Tensor, cfg: Config):
     return losses, scalars
 
 
+def supervised_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
+    """The comparison row: the same discriminator trunk trained on the labels (CE), no artifacts."""
+    logits = nets["classifier"](nets["disc"].forward_features(to_disc_input(images)))
+    loss = F.cross_entropy(logits.float(), labels)
+    return {"supervised": loss}, {
+        "loss/supervised": loss.detach(),
+        "acc/train": (logits.argmax(1) == labels).float().mean(),
+    }
+
+
+STEPS = {"ae": ae_step, "spot": spot_step, "supervised": supervised_step}
+
+
 def psnr_db(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean PSNR over images in [-1, 1] (peak-to-peak 2)."""
     mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1).clamp(min=1e-10)
@@ -96,33 +125,39 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(nets: dict, batches: list[torch.Tensor], cfg: Config, stage: str) -> dict[str, float]:
+def evaluate(nets: dict, batches: list[tuple[torch.Tensor, torch.Tensor]], cfg: Config, stage: str) -> dict[str, float]:
     modes = {k: m.training for k, m in nets.items()}
     for m in nets.values():
         m.eval()
-    gen = torch.Generator(device=batches[0].device).manual_seed(1234)  # the same masks every time
-    psnrs, real_scores, fake_scores, drop_scores, drop_targets = [], [], [], [], []
-    for images in batches:
+    gen = torch.Generator(device=batches[0][0].device).manual_seed(1234)  # the same masks every time
+    psnrs, real_scores, fake_scores, raw_scores, drop_scores, drop_targets, correct = [], [], [], [], [], [], []
+    for images, labels in batches:
+        if stage == "supervised":
+            logits = nets["classifier"](nets["disc"].forward_features(to_disc_input(images)))
+            correct.append((logits.argmax(1).cpu() == labels.cpu()).float())
+            continue
         psnrs.append(psnr_db(images, nets["ae"](images)))
         if stage != "spot":
             continue
+        n = len(images)
         real, fake, keep = make_pair(nets, images, cfg, gen)
-        both = torch.cat([real, fake])
-        if both.shape[-1] != cfg.model.image_size:
-            both = F.interpolate(both, size=cfg.model.image_size, mode="bilinear", align_corners=False)
-        logits, mask_logits = nets["disc"](to_disc_input(both))
+        logits, mask_logits = nets["disc"](to_disc_input(disc_size(torch.cat([real, fake, images]), cfg)))
         score = (logits[:, 1] - logits[:, 0]).float().cpu()  # positive = real
-        real_scores.append(score[: len(images)])
-        fake_scores.append(score[len(images) :])
-        drop_scores.append(-mask_logits[len(images) :].float().flatten().cpu())
+        real_scores.append(score[:n])
+        fake_scores.append(score[n : 2 * n])
+        raw_scores.append(score[2 * n :])
+        drop_scores.append(-mask_logits[n : 2 * n].float().flatten().cpu())
         drop_targets.append((1 - keep).flatten().cpu())
     for k, m in nets.items():
         m.train(modes[k])
+    if stage == "supervised":
+        return {"val/top1": float(torch.cat(correct).mean())}
     out = {"val/psnr": float(torch.stack(psnrs).mean())}
     if stage == "spot":
         real_s, fake_s = torch.cat(real_scores), torch.cat(fake_scores)
         out["val/acc_real"] = float((real_s > 0).float().mean())
         out["val/acc_fake"] = float((fake_s <= 0).float().mean())
+        out["val/acc_raw"] = float((torch.cat(raw_scores) > 0).float().mean())  # raw images scored real
         is_fake = torch.cat([torch.zeros_like(real_s), torch.ones_like(fake_s)]).numpy()
         out["val/auc"] = float(roc_auc_score(is_fake, -torch.cat([real_s, fake_s]).numpy()))
         targets = torch.cat(drop_targets).numpy()
@@ -133,6 +168,18 @@ def evaluate(nets: dict, batches: list[torch.Tensor], cfg: Config, stage: str) -
 
 # ----------------------------------------------------------------------------------------------
 # Optimiser and schedule.
+
+
+LOSS_TARGETS = {"ae": ("ae",), "disc": ("disc",), "repair": ("repair",), "supervised": ("disc", "classifier")}
+
+
+def backward_each(losses: dict[str, torch.Tensor], trained: dict[str, nn.Module]) -> None:
+    """Back-propagate each loss into its own networks only: the discriminator's loss never updates the
+    repair net and the repair net's loss never updates the discriminator (one shared forward)."""
+    names = list(losses)
+    for i, name in enumerate(names):
+        params = [p for t in LOSS_TARGETS[name] for p in trained[t].parameters() if p.requires_grad]
+        losses[name].backward(inputs=params, retain_graph=i < len(names) - 1)
 
 
 def make_optimizer(modules: dict[str, nn.Module], cfg: Config) -> torch.optim.Adam:
@@ -176,6 +223,10 @@ def stage_modules(nets: dict, stage: str, cfg: Config) -> dict[str, nn.Module]:
     """Which networks a stage trains: all others are frozen (requires_grad False, eval mode)."""
     if stage == "ae":
         return {"ae": nets["ae"]}
+    if stage == "supervised":
+        if "classifier" not in nets:
+            raise ValueError("the supervised stage needs --model.num_classes > 0")
+        return {"disc": nets["disc"], "classifier": nets["classifier"]}
     trained = {"disc": nets["disc"]}
     if cfg.model.repair:
         trained["repair"] = nets["repair"]
@@ -183,7 +234,13 @@ def stage_modules(nets: dict, stage: str, cfg: Config) -> dict[str, nn.Module]:
 
 
 def stage_steps(stage: str, cfg: Config) -> int:
-    return cfg.train.ae_steps if stage == "ae" else cfg.train.spot_steps
+    return {"ae": cfg.train.ae_steps, "spot": cfg.train.spot_steps, "supervised": cfg.train.supervised_steps}[stage]
+
+
+def trainable(module: nn.Module, stage: str) -> list[nn.Parameter]:
+    """Parameters a stage updates; the supervised row leaves the discriminator's own heads alone."""
+    heads = ("mask_head.", "fc1.", "bn_fc1.", "fc2.")
+    return [p for n, p in module.named_parameters() if not (stage == "supervised" and n.startswith(heads))]
 
 
 def train(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
@@ -198,7 +255,7 @@ def train(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     state = None
     if (run_dir / CHECKPOINT).exists():
         state = checkpoint.load(run_dir / CHECKPOINT)
-        if state["config"]["model"] != cfg.to_dict()["model"]:
+        if Config.from_dict(state["config"]).model != cfg.model:
             raise ValueError(f"{run_dir} holds a run with another model config: resume it as is or use a new --run-dir")
         log.info("resuming %s from stage %s step %d", run_dir, state["stage"], state["step"])
     if info.is_main:
@@ -232,16 +289,20 @@ def train(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
         load_images(data_cfg.val, data_cfg.root or None, data_cfg.cache_dir or None, size),
         eval_transform(data_cfg, size),
     )
+    # A fixed random sample of held-out images (the files are sorted by class).
+    pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(0))[
+        : cfg.train.eval_batches * cfg.train.batch_size
+    ]
     val_batches = (
         [
-            images.to(info.device, memory_format=memory_format)
-            for images, _ in DataLoader(val_set, batch_size=cfg.train.batch_size, shuffle=False)
-        ][: cfg.train.eval_batches]
+            (images.to(info.device, memory_format=memory_format), labels.to(info.device))
+            for images, labels in DataLoader(Subset(val_set, pick.tolist()), batch_size=cfg.train.batch_size)
+        ]
         if info.is_main
         else []
     )
+    run = Run(cfg, info, run_dir, train_set, val_batches, MetricLog(run_dir) if info.is_main else None, progress)
 
-    metric_log = MetricLog(run_dir) if info.is_main else None
     completed = list(state["completed"]) if state else []
     wall_time = state.get("wall_time", 0.0) if state else 0.0
     last = {}
@@ -249,29 +310,49 @@ def train(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
         if stage in completed:
             continue
         resume = state if state and state["stage"] == stage else None
-        last, wall_time = run_stage(
-            stage, nets, cfg, info, train_set, val_batches, run_dir, metric_log, resume, completed, wall_time, progress
-        )
+        last, wall_time = run_stage(stage, nets, run, resume, completed, wall_time)
         completed.append(stage)
         state = None
-    if metric_log:
-        metric_log.close()
+    if run.metric_log:
+        run.metric_log.close()
     dist.barrier()
     dist.teardown()
     return last
 
 
-def run_stage(
-    stage, nets, cfg, info, train_set, val_batches, run_dir, metric_log, resume, completed, wall_time, progress
-):
+@dataclass
+class Run:
+    """What every stage of one run shares."""
+
+    cfg: Config
+    info: dist.DistInfo
+    run_dir: Path
+    train_set: ImageArrayDataset
+    val_batches: list[tuple[torch.Tensor, torch.Tensor]]
+    metric_log: MetricLog | None
+    progress: bool
+
+
+def run_stage(stage: str, nets: dict, run: Run, resume: dict | None, completed: list[str], wall_time: float):
+    """Train one stage to its step count (from `resume` if given); returns (last metrics, wall time)."""
+    cfg, info, run_dir, metric_log, val_batches, train_set = (
+        run.cfg,
+        run.info,
+        run.run_dir,
+        run.metric_log,
+        run.val_batches,
+        run.train_set,
+    )
     t = cfg.train
     total = stage_steps(stage, cfg)
     trained = stage_modules(nets, stage, cfg)
 
     # Setup the phase: only its own networks train, the rest are frozen in eval mode.
     for name, m in nets.items():
-        m.requires_grad_(name in trained)
-        m.train(name in trained)
+        m.requires_grad_(False).train(name in trained)
+        if name in trained:
+            for p in trainable(m, stage):
+                p.requires_grad_(True)
     optimizer = make_optimizer(trained, cfg)
     step, epoch, position = 0, 0, 0
     if resume is not None:
@@ -304,11 +385,11 @@ def run_stage(
         while True:
             sampler.set_position(epoch, position)
             loader_rng.manual_seed(t.seed * 100_003 + epoch)  # workers' augmentation seeds: per epoch
-            for images, _ in loader:
+            for images, labels in loader:
                 position += t.batch_size
                 if per_epoch - position < t.batch_size:
                     epoch, position = epoch + 1, 0
-                yield images
+                yield images, labels
 
     def save_checkpoint():
         if info.is_main:
@@ -333,14 +414,21 @@ def run_stage(
 
     images_per_step = t.batch_size * info.world_size
     bar = tqdm(
-        total=total, initial=step, desc=stage, unit="step", disable=not (progress and info.is_main), dynamic_ncols=True
+        total=total,
+        initial=step,
+        desc=stage,
+        unit="step",
+        disable=not (run.progress and info.is_main),
+        dynamic_ncols=True,
     )
     started = time.time()
     window_start, window_images, sums, count = time.time(), 0, {}, 0
     last = {}
     stream = batches()
     while step < total:
-        images = next(stream).to(
+        images, labels = next(stream)
+        labels = labels.to(info.device, non_blocking=True)
+        images = images.to(
             info.device,
             non_blocking=True,
             memory_format=torch.channels_last if t.channels_last else torch.contiguous_format,
@@ -350,12 +438,9 @@ def run_stage(
 
         # Forward both halves once, then back-propagate each loss into its own network only.
         with dist.autocast(info.device, t.amp):
-            losses, scalars = ae_step(step_nets, images, cfg) if stage == "ae" else spot_step(step_nets, images, cfg)
+            losses, scalars = STEPS[stage](step_nets, images, labels, cfg)
         optimizer.zero_grad(set_to_none=True)
-        names = list(losses)
-        for i, name in enumerate(names):
-            params = [p for p in trained[name].parameters() if p.requires_grad]
-            losses[name].backward(inputs=params, retain_graph=i < len(names) - 1)
+        backward_each(losses, trained)
         scale_bias_grads(trained, t.bias_grad_scale)
         optimizer.step()
         step += 1
@@ -381,8 +466,8 @@ def run_stage(
                 )
             last = metrics
             window_start, window_images, sums, count = time.time(), 0, {}, 0
-        if info.is_main and (step % t.sample_every == 0 or step == total):
-            grid = save_samples(nets, val_batches[0], cfg, stage, run_dir / "samples" / f"{stage}-{step:07d}.png")
+        if info.is_main and stage != "supervised" and (step % t.sample_every == 0 or step == total):
+            grid = save_samples(nets, val_batches[0][0], cfg, stage, run_dir / "samples" / f"{stage}-{step:07d}.png")
             metric_log.image(stage, step, grid)
         if step % t.ckpt_every == 0 or step == total:
             save_checkpoint()
@@ -411,10 +496,7 @@ def save_samples(nets: dict, images: torch.Tensor, cfg: Config, stage: str, path
         keep = sample_keep_mask(len(images), z.shape[-2:], cfg.train.drop_rate, images.device, gen)
         damaged = damage(z, keep)
         repaired = nets["repair"](ae, damaged, keep) if cfg.model.repair else ae.decode(damaged)
-        disc_in = repaired
-        if disc_in.shape[-1] != cfg.model.image_size:
-            disc_in = F.interpolate(disc_in, size=cfg.model.image_size, mode="bilinear", align_corners=False)
-        _, mask_logits = nets["disc"](to_disc_input(disc_in))
+        _, mask_logits = nets["disc"](to_disc_input(disc_size(repaired, cfg)))
         rows += [ae.decode(damaged), repaired, 1 - keep, torch.sigmoid(-mask_logits.float())]  # white = dropped
     for k, m in nets.items():
         m.train(modes[k])

@@ -251,6 +251,20 @@ class Discriminator(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+class Classifier(nn.Module):
+    """The "supervised" row's head on conv5: the discriminator's fc head shape with `classes` outputs."""
+
+    def __init__(self, channels: int, grid: int, hidden: int, classes: int):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, hidden, grid, bias=False)
+        self.bn = BiasOnlyBatchNorm(hidden)
+        self.dropout = nn.Dropout(0.5)
+        self.fc2 = nn.Conv2d(hidden, classes, 1)
+
+    def forward(self, conv5: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(F.relu(self.bn(self.fc1(conv5))))).flatten(1)
+
+
 def to_disc_input(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] images -> the discriminator's 0-255 minus-mean scale (SNet.scale_imgs)."""
     mean = images.new_tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1)
@@ -279,7 +293,10 @@ def encoder_grid(cfg: ModelConfig) -> int:
 def build_networks(cfg: ModelConfig) -> dict[str, nn.Module]:
     """All three networks; fails early when the mask head's grid differs from the encoder's."""
     ae = build_autoencoder(cfg)
-    nets = {"ae": ae, "repair": build_repair(cfg, ae), "disc": build_discriminator(cfg)}
+    disc = build_discriminator(cfg)
+    nets = {"ae": ae, "repair": build_repair(cfg, ae), "disc": disc}
+    if cfg.num_classes:
+        nets["classifier"] = Classifier(disc.conv5.out_channels, disc.grid, disc.fc1.out_channels, cfg.num_classes)
     grid = encoder_grid(cfg)
     if (cfg.ae_size or cfg.image_size) % 2 ** len(cfg.ae_channels):
         raise ValueError(f"autoencoder size must be divisible by {2 ** len(cfg.ae_channels)}")

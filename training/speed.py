@@ -12,7 +12,7 @@ import torch
 
 from . import dist
 from .config import Config
-from .loop import ae_step, make_optimizer, spot_step, stage_modules
+from .loop import STEPS, backward_each, make_optimizer, stage_modules
 from .networks import build_networks
 
 VARIANTS = {
@@ -33,15 +33,13 @@ def time_stage(cfg: Config, stage: str, steps: int, warmup: int = 3) -> float:
     optimizer = make_optimizer(trained, cfg)
     size = cfg.model.ae_size or cfg.model.image_size
     images = (torch.rand(cfg.train.batch_size, 3, size, size) * 2 - 1).contiguous(memory_format=fmt)
-    step_fn = ae_step if stage == "ae" else spot_step
     for i in range(warmup + steps):
         if i == warmup:
             start = time.perf_counter()
         with dist.autocast(torch.device("cpu"), cfg.train.amp):
-            losses, _ = step_fn(nets, images, cfg)
+            losses, _ = STEPS[stage](nets, images, None, cfg)
         optimizer.zero_grad(set_to_none=True)
-        for j, (name, loss) in enumerate(losses.items()):
-            loss.backward(inputs=[p for p in trained[name].parameters()], retain_graph=j < len(losses) - 1)
+        backward_each(losses, trained)
         optimizer.step()
     return steps * cfg.train.batch_size / (time.perf_counter() - start)
 

@@ -5,7 +5,7 @@ import torch
 
 from training.config import load_config
 from training.data import ImageArrayDataset, load_images, train_transform
-from training.loop import ae_step, make_optimizer, spot_step, stage_modules
+from training.loop import STEPS, backward_each, make_optimizer, spot_step, stage_modules, trainable
 from training.losses import autoencoder_loss, discriminator_loss, masked_mse, repair_loss
 from training.networks import build_networks
 
@@ -38,31 +38,43 @@ def real_batch(data_root, cache_dir):
     data = load_images("cifar10-sample", data_root, cache_dir)
     ds = ImageArrayDataset(data, train_transform(cfg.data, 32))
     torch.manual_seed(0)
-    return torch.stack([ds[i][0] for i in range(32)])
+    images = torch.stack([ds[i][0] for i in range(32)])
+    return images, torch.from_numpy(data.labels[:32])
 
 
-def _backward(losses, trained):
-    for i, (name, loss) in enumerate(losses.items()):
-        loss.backward(inputs=[p for p in trained[name].parameters()], retain_graph=i < len(losses) - 1)
-
-
-@pytest.mark.parametrize("stage", ["ae", "spot"])
-def test_each_phase_updates_only_its_own_networks(stage, real_batch):
-    cfg = load_config("tiny")
-    nets = build_networks(cfg.model)
+def _setup(nets, stage, cfg):
     trained = stage_modules(nets, stage, cfg)
     for name, m in nets.items():
-        m.requires_grad_(name in trained).train(name in trained)
-    step = ae_step if stage == "ae" else spot_step
-    losses, _ = step(nets, real_batch, cfg)
-    _backward(losses, trained)
+        m.requires_grad_(False).train(name in trained)
+        if name in trained:
+            for p in trainable(m, stage):
+                p.requires_grad_(True)
+    return trained
+
+
+@pytest.mark.parametrize("stage", ["ae", "spot", "supervised"])
+def test_each_phase_updates_only_its_own_networks(stage, real_batch):
+    cfg = load_config("tiny", ["--num_classes=10"])
+    nets = build_networks(cfg.model)
+    trained = _setup(nets, stage, cfg)
+    losses, _ = STEPS[stage](nets, *real_batch, cfg)
+    backward_each(losses, trained)
     for name, m in nets.items():
+        active = {id(p) for p in trainable(m, stage)} if name in trained else set()
         for pname, p in m.named_parameters():
-            if name in trained:
+            if id(p) in active:
                 assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}.{pname} got no gradient"
                 assert p.grad.abs().sum() > 0, f"{name}.{pname} has an all-zero gradient"
             else:
                 assert p.grad is None, f"frozen {name}.{pname} got a gradient"
+
+
+def test_supervised_training_lowers_its_loss(real_batch):
+    torch.manual_seed(0)
+    cfg = load_config("tiny", ["--num_classes=10", "--lr=1e-3"])
+    nets = build_networks(cfg.model)
+    hist = _train_steps(cfg, "supervised", nets, real_batch, 30)
+    assert sum(h["supervised"] for h in hist[-5:]) < 0.7 * sum(h["supervised"] for h in hist[:5])
 
 
 def test_discriminator_loss_does_not_reach_the_repair_net(real_batch):
@@ -71,28 +83,26 @@ def test_discriminator_loss_does_not_reach_the_repair_net(real_batch):
     nets = build_networks(cfg.model)
     for name, m in nets.items():
         m.requires_grad_(name != "ae")
-    losses, _ = spot_step(nets, real_batch, cfg)
+    losses, _ = spot_step(nets, *real_batch, cfg)
     grads = torch.autograd.grad(losses["repair"], list(nets["repair"].parameters()), retain_graph=True)
     plain = torch.cat([g.flatten() for g in grads])
     cfg_quirk = load_config("tiny", ["--paper_loss_quirk=true"])
     torch.manual_seed(0)
-    losses_q, _ = spot_step(nets, real_batch, cfg_quirk)
+    losses_q, _ = spot_step(nets, *real_batch, cfg_quirk)
     torch.manual_seed(0)
-    losses_p, _ = spot_step(nets, real_batch, cfg)
+    losses_p, _ = spot_step(nets, *real_batch, cfg)
     assert losses_q["repair"].item() == pytest.approx(losses_p["repair"].item() + losses_p["disc"].item(), rel=1e-5)
     assert torch.isfinite(plain).all()
 
 
 def _train_steps(cfg, stage, nets, batch, steps):
-    trained = stage_modules(nets, stage, cfg)
-    for name, m in nets.items():
-        m.requires_grad_(name in trained).train(name in trained)
+    trained = _setup(nets, stage, cfg)
     opt = make_optimizer(trained, cfg)
     history = []
     for _ in range(steps):
-        losses, scalars = (ae_step if stage == "ae" else spot_step)(nets, batch, cfg)
+        losses, scalars = STEPS[stage](nets, *batch, cfg)
         opt.zero_grad()
-        _backward(losses, trained)
+        backward_each(losses, trained)
         opt.step()
         history.append({k: v.item() for k, v in losses.items()} | {k: float(v) for k, v in scalars.items()})
     return history
@@ -121,9 +131,19 @@ def test_the_repair_net_lowers_its_loss_against_a_fixed_discriminator(real_batch
     nets["repair"].requires_grad_(True).train()
     history = []
     for _ in range(30):
-        losses, _ = spot_step(nets, real_batch, cfg)
+        losses, _ = spot_step(nets, *real_batch, cfg)
         opt.zero_grad()
         losses["repair"].backward()
         opt.step()
         history.append(losses["repair"].item())
     assert sum(history[-5:]) < sum(history[:5])
+
+
+def test_raw_real_fraction_swaps_reconstructions_for_raw_images():
+    from training.loop import real_half
+
+    images, recs = torch.zeros(8, 3, 4, 4), torch.ones(8, 3, 4, 4)
+    assert torch.equal(real_half(images, recs, 0.0), recs)  # the paper: reconstructions only
+    mixed = real_half(images, recs, 0.25)
+    assert mixed.shape == recs.shape
+    assert torch.equal(mixed[:2], images[:2]) and torch.equal(mixed[2:], recs[2:])

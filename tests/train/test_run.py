@@ -129,3 +129,26 @@ def test_torchrun_two_processes_with_gloo(tmp_path, cache_dir, data_root):
     records = read_metrics(run_dir)
     assert [r["step"] for r in records] == [3, 6, 3, 6]  # rank 0 alone writes
     assert records[-1]["img_per_s"] > 0
+
+
+def test_spot_eval_reports_every_metric(tmp_path, uninterrupted, data_root):
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.open(data_root / "photos" / "sklearn" / "flower.jpg").resize((90, 70)).save(photos / "flower.png")
+    Image.new("L", (40, 50), 90).save(photos / "grey.png")
+    out = tmp_path / "spot.json"
+    args = ["spot-eval", "--checkpoint", str(uninterrupted / "checkpoint.pt"), "--drop-rates", "0.7,0.3"]
+    result = run_cli(*args, "--photos", str(photos), "--limit", "64", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [p["drop_rate"] for p in report["pairs"]] == [0.7, 0.3]
+    for pair in report["pairs"]:
+        assert {"roc_auc", "ap", "acc", "real_acc", "fake_acc", "mask_ap"} <= set(pair)
+        assert 0 <= pair["roc_auc"] <= 1 and 0 <= pair["mask_ap"] <= 1
+    assert report["images"] == 64 and 0 <= report["raw_heldout_false_alarm_rate"] <= 1
+    photos_report = report["raw_photos"]
+    assert (
+        photos_report["photos"] == 2 and photos_report["per_photo"]["flower.png"]["tiles"] == 20
+    )  # 4 rows x 5 columns of 32 px tiles at half overlap

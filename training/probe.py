@@ -1,0 +1,146 @@
+"""Linear probes on the frozen discriminator (PAPER.md section 6, scaled to our input sizes).
+
+Per layer conv1..conv5: the feature map after ReLU, adaptive-average-pooled to about 9k dims
+(`pooling.probe_grid`), standardised with train-set statistics (what BatchNorm without affine does at
+test time), then one linear classifier trained with SGD + Nesterov momentum on a piecewise schedule
+(the authors' follow-up convention: lr x [1, 0.1, 0.02, 0.004, 0.0008] at 0/8/40/70/90% of the steps).
+Features are extracted once from the centre crop; the classifiers train on the cached features.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .config import Config
+from .data import ImageArrayDataset, eval_transform, load_images
+from .networks import Discriminator, to_disc_input
+from .pooling import probe_grid
+
+log = logging.getLogger(__name__)
+LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
+LR_POINTS = (0.0, 0.08, 0.40, 0.70, 0.90)
+LR_FACTORS = (1.0, 0.1, 0.02, 0.004, 0.0008)
+
+
+@dataclass
+class ProbeSchedule:
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+
+@torch.no_grad()
+def extract(disc: Discriminator, dataset, batch_size: int = 256, desc: str = "features") -> tuple[dict, np.ndarray]:
+    """{layer: float16 [N, dims]} probe-pooled features, and the labels."""
+    disc.eval()
+    feats: dict[str, list[np.ndarray]] = {n: [] for n in LAYERS}
+    labels = []
+    for images, y in tqdm(DataLoader(dataset, batch_size=batch_size), desc=desc, leave=False):
+        for name, f in zip(LAYERS, disc.forward_intermediates(to_disc_input(images))):
+            g = probe_grid(f.shape[1], f.shape[-1])
+            feats[name].append(F.adaptive_avg_pool2d(f, g).flatten(1).half().numpy())
+        labels.append(y.numpy())
+    return {n: np.concatenate(v) for n, v in feats.items()}, np.concatenate(labels)
+
+
+def lr_at(progress: float, base: float) -> float:
+    factor = LR_FACTORS[0]
+    for point, f in zip(LR_POINTS, LR_FACTORS):
+        if progress >= point:
+            factor = f
+    return base * factor
+
+
+def train_linear(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    classes: int,
+    schedule: ProbeSchedule,
+) -> float:
+    """Top-1 accuracy on the test features of a linear classifier trained on standardised train features."""
+    gen = torch.Generator().manual_seed(schedule.seed)
+    mean = torch.from_numpy(train_x.astype(np.float32).mean(0))
+    std = torch.from_numpy(train_x.astype(np.float32).std(0)).clamp(min=1e-5)
+    linear = torch.nn.Linear(train_x.shape[1], classes)
+    torch.nn.init.normal_(linear.weight, std=0.005, generator=gen)
+    torch.nn.init.zeros_(linear.bias)
+    decay, no_decay = [linear.weight], [linear.bias]
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": schedule.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=schedule.lr,
+        momentum=schedule.momentum,
+        nesterov=True,
+    )
+    x_all, y_all = torch.from_numpy(train_x), torch.from_numpy(train_y)
+    steps_per_epoch = max(1, len(x_all) // schedule.batch_size)
+    total = schedule.epochs * steps_per_epoch
+    step = 0
+    for _ in range(schedule.epochs):
+        order = torch.randperm(len(x_all), generator=gen)
+        for i in range(steps_per_epoch):
+            idx = order[i * schedule.batch_size : (i + 1) * schedule.batch_size]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step / total, schedule.lr)
+            loss = F.cross_entropy(linear((x_all[idx].float() - mean) / std), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(test_x), 4096):
+            x = (torch.from_numpy(test_x[i : i + 4096]).float() - mean) / std
+            correct += int((linear(x).argmax(1) == torch.from_numpy(test_y[i : i + 4096])).sum())
+    return correct / len(test_x)
+
+
+def probe(
+    disc: Discriminator, cfg: Config, train_spec: str, test_spec: str, schedule: ProbeSchedule, limit: int = 0
+) -> dict:
+    """Top-1 per layer of linear probes trained on `train_spec` labels and tested on `test_spec`."""
+    size = cfg.model.image_size
+    started = time.time()
+    sets = {}
+    for role, spec in (("train", train_spec), ("test", test_spec)):
+        data = load_images(spec, cfg.data.root or None, cfg.data.cache_dir or None, size)
+        dataset = ImageArrayDataset(data, eval_transform(cfg.data, size))
+        if limit:
+            dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+        sets[role] = (extract(disc, dataset, desc=f"features {spec}"), len(data.classes))
+    (train_feats, train_y), classes = sets["train"]
+    (test_feats, test_y), _ = sets["test"]
+    top1 = {}
+    for layer in tqdm(LAYERS, desc="probes", leave=False):
+        top1[layer] = train_linear(train_feats[layer], train_y, test_feats[layer], test_y, classes, schedule)
+        log.info("%s top-1 %.4f", layer, top1[layer])
+    return {
+        "train": train_spec,
+        "test": test_spec,
+        "classes": classes,
+        "train_images": len(train_y),
+        "test_images": len(test_y),
+        "dims": {n: int(train_feats[n].shape[1]) for n in LAYERS},
+        "schedule": schedule.__dict__,
+        "top1": top1,
+        "wall_time_s": round(time.time() - started, 1),
+    }
+
+
+def gap_closed(ours: dict, random: dict, supervised: dict) -> dict:
+    """(ours - random) / (supervised - random) per layer, and the mean over conv2..conv5."""
+    fractions = {n: (ours[n] - random[n]) / (supervised[n] - random[n]) for n in LAYERS if supervised[n] != random[n]}
+    later = [fractions[n] for n in LAYERS[1:] if n in fractions]
+    return {"per_layer": fractions, "mean_conv2_conv5": sum(later) / len(later) if later else float("nan")}

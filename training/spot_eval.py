@@ -1,0 +1,122 @@
+"""How well the discriminator spots artifacts, reported the CNNDetection way.
+
+Real = the autoencoder's reconstruction of a held-out image, fake = its repaired damaged version, at
+the run's drop rate and at lower ones. Plus false alarms on raw, unaltered images: held-out images as
+stored, and full-size photographs scored per tile (64 px tiles, half overlap, mean artifact
+probability per photo). Artifact probability = sigmoid(-real_logit); the default threshold is 0.5.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.metrics import average_precision_score, roc_auc_score
+from torch.utils.data import DataLoader
+
+from . import checkpoint
+from .data import IMAGE_SUFFIXES, ImageArrayDataset, eval_transform, load_images, to_rgb
+from .loop import disc_size, make_pair
+from .networks import to_disc_input
+
+THRESHOLD = 0.5
+
+
+@torch.no_grad()
+def artifact_probability(disc, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """[-1, 1] images -> (artifact probability per image, drop probability per mask location)."""
+    logits, mask_logits = disc(to_disc_input(images))
+    real_logit = (logits[:, 1] - logits[:, 0]).float()
+    return torch.sigmoid(-real_logit).numpy(), torch.sigmoid(-mask_logits.float()).numpy()
+
+
+def detection_metrics(p_real: np.ndarray, p_fake: np.ndarray, threshold: float = THRESHOLD) -> dict:
+    y = np.r_[np.zeros(len(p_real)), np.ones(len(p_fake))]
+    s = np.r_[p_real, p_fake]
+    return {
+        "roc_auc": float(roc_auc_score(y, s)),
+        "ap": float(average_precision_score(y, s)),
+        "acc": float(((s > threshold) == y).mean()),
+        "real_acc": float((p_real <= threshold).mean()),
+        "fake_acc": float((p_fake > threshold).mean()),
+    }
+
+
+@torch.no_grad()
+def score_pairs(nets: dict, cfg, batches, drop_rate: float, seed: int = 0) -> dict:
+    cfg = copy.deepcopy(cfg)
+    cfg.train.drop_rate = drop_rate
+    gen = torch.Generator().manual_seed(seed)
+    p_real, p_fake, drop_p, drop_t = [], [], [], []
+    for images, _ in batches:
+        real, fake, keep = make_pair(nets, images, cfg, gen)
+        pr, _ = artifact_probability(nets["disc"], disc_size(real, cfg))
+        pf, mask_p = artifact_probability(nets["disc"], disc_size(fake, cfg))
+        p_real.append(pr)
+        p_fake.append(pf)
+        drop_p.append(mask_p.ravel())
+        drop_t.append((1 - keep).numpy().ravel())
+    out = {"drop_rate": drop_rate, **detection_metrics(np.concatenate(p_real), np.concatenate(p_fake))}
+    targets = np.concatenate(drop_t)
+    if 0 < targets.sum() < len(targets):
+        out["mask_ap"] = float(average_precision_score(targets, np.concatenate(drop_p)))
+    return out
+
+
+def tiles(image: np.ndarray, size: int) -> np.ndarray:
+    """HxWx3 uint8 -> [T, size, size, 3] tiles at half overlap covering the whole image (edges aligned)."""
+    h, w = image.shape[:2]
+    if min(h, w) < size:
+        scale = size / min(h, w)
+        image = np.asarray(Image.fromarray(image).resize((max(size, round(w * scale)), max(size, round(h * scale)))))
+        h, w = image.shape[:2]
+    step = size // 2
+    ys = sorted({*range(0, h - size + 1, step), h - size})
+    xs = sorted({*range(0, w - size + 1, step), w - size})
+    return np.stack([image[y : y + size, x : x + size] for y in ys for x in xs])
+
+
+def photo_false_alarms(disc, folder: Path, size: int, threshold: float = THRESHOLD) -> dict:
+    """Per photo: mean tile artifact probability; a false alarm when it exceeds the threshold."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    per_photo = {}
+    for path in files:
+        with Image.open(path) as im:
+            image = np.asarray(to_rgb(im))
+        t = torch.from_numpy(tiles(image, size)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        probs = np.concatenate([artifact_probability(disc, t[i : i + 256])[0] for i in range(0, len(t), 256)])
+        per_photo[str(path.relative_to(folder))] = {"tiles": len(t), "score": float(probs.mean())}
+    scores = np.array([v["score"] for v in per_photo.values()])
+    return {"photos": len(scores), "false_alarm_rate": float((scores > threshold).mean()), "per_photo": per_photo}
+
+
+def spot_eval(
+    ckpt_path: Path, drop_rates: list[float], photos: Path | None, limit: int = 0, batch_size: int = 256
+) -> dict:
+    nets, cfg, state = checkpoint.load_networks(ckpt_path)
+    for m in nets.values():
+        m.eval()
+    size = cfg.model.ae_size or cfg.model.image_size
+    data = load_images(cfg.data.val, cfg.data.root or None, cfg.data.cache_dir or None, size)
+    as_stored = copy.deepcopy(cfg.data)
+    as_stored.test_crop = 1.0
+    dataset = ImageArrayDataset(data, eval_transform(as_stored, size))
+    if limit:
+        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+    batches = list(DataLoader(dataset, batch_size=batch_size))
+    raw = np.concatenate([artifact_probability(nets["disc"], disc_size(x, cfg))[0] for x, _ in batches])
+    results = {
+        "checkpoint": str(ckpt_path),
+        "data": cfg.data.val,
+        "images": len(dataset),
+        "trained_drop_rate": cfg.train.drop_rate,
+        "threshold": THRESHOLD,
+        "pairs": [score_pairs(nets, cfg, batches, rate) for rate in drop_rates],
+        "raw_heldout_false_alarm_rate": float((raw > THRESHOLD).mean()),
+    }
+    if photos:
+        results["raw_photos"] = photo_false_alarms(nets["disc"], photos, cfg.model.image_size)
+    return results
