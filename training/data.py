@@ -105,8 +105,10 @@ def _load_cifar10(root: Path, split: str) -> ImageArray:
 
 def _load_tiny_imagenet(root: Path, split: str) -> ImageArray:
     files = dict(_read_tar(root / "tiny-imagenet-200" / f"{split}.tar.gz", lambda n: n.endswith((".JPEG", ".txt"))))
-    classes = files[f"{split}/wnids.txt"].decode().split() if f"{split}/wnids.txt" in files else []
-    classes = sorted(classes or {n.split("/")[1] for n in files if n.endswith(".JPEG")})
+    wnids = files.get("wnids.txt") or files.get(f"{split}/wnids.txt")  # at the archive root as shipped
+    if wnids is None:
+        raise FileNotFoundError(f"tiny-imagenet-200/{split}.tar.gz has no wnids.txt")
+    classes = sorted(wnids.decode().split())
     if split == "val":
         ann = files["val/val_annotations.txt"].decode().splitlines()
         wnid_of = {line.split("\t")[0]: line.split("\t")[1] for line in ann if line.strip()}

@@ -83,3 +83,10 @@ def test_resumable_sampler_continues_the_same_epoch_order():
     other_rank = ResumableSampler(data, 2, 1, seed=3)
     other_rank.set_position(epoch=1, start=0)
     assert not set(other_rank) & set(full)  # ranks see disjoint shards
+
+
+def test_tiny_imagenet_val_has_200_classes_of_50(data_root, cache_dir):
+    data = load_images("tiny-imagenet:val", data_root, cache_dir)
+    assert data.images.shape == (10000, 64, 64, 3) and len(data.classes) == 200
+    assert np.bincount(data.labels, minlength=200).tolist() == [50] * 200
+    assert data.classes == sorted(data.classes) and data.classes[0].startswith("n0")
