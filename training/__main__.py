@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--name")
     p.add_argument("--version", default="1")
+    p.add_argument("--metrics", type=Path, nargs="*", default=[], help="evaluation JSON files (their 'summary')")
+    p.add_argument("--train-command", help="the training command(s) to record (default: the one the checkpoint recorded)")
     p = sub.add_parser("speed", help="training throughput (img/s) per stage: optimised vs plain fp32 eager")
     p.add_argument("--preset", choices=list_presets(), required=True)
     p.add_argument("--steps", type=int, default=20)
@@ -98,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             from .export import export
 
-            meta = export(args.checkpoint, args.out, args.name, args.version)
+            metrics = {}
+            for path in args.metrics:
+                report = json.loads(path.read_text())
+                metrics.update(report.get("summary", {k: v for k, v in report.items() if isinstance(v, (int, float))}))
+            meta = export(args.checkpoint, args.out, args.name, args.version, metrics, args.train_command)
             print(json.dumps({"out": str(args.out), "sha256": meta["sha256"], "export_check": meta["export_check"]}))
         elif args.command == "speed":
             from .speed import measure

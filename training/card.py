@@ -40,6 +40,7 @@ real/artifact score and a drop-mask grid.
 - Preset: `{train["preset"]}`, data: `{train["data"]}`
 - Steps: {train["steps"]}; wall time: {train["wall_time_s"]:.0f} s; world size: {train.get("world_size", 1)}
 - Hardware: {train.get("hardware", "unknown")}
+- Training command: `{train.get("command", "unknown")}`
 - Commit: `{train["git_commit"]}`
 - Exported from: `{train["checkpoint"]}` with torch {train["torch_version"]}, opset {meta["opset"]}
 - `model.onnx` sha256: `{meta["sha256"]}` ({meta["size_bytes"]} bytes)

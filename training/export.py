@@ -113,7 +113,12 @@ def real_batch(cfg: Config, count: int = 16) -> torch.Tensor:
 
 
 def export(
-    ckpt_path: Path, out_dir: Path, name: str | None = None, version: str = "1", metrics: dict | None = None
+    ckpt_path: Path,
+    out_dir: Path,
+    name: str | None = None,
+    version: str = "1",
+    metrics: dict | None = None,
+    train_command: str | None = None,
 ) -> dict:
     """Write model.onnx, model.json and MODEL_CARD.md into `out_dir`; returns model.json's content."""
     disc, cfg, state = load_discriminator(Path(ckpt_path))
@@ -186,6 +191,7 @@ def export(
             "wall_time_s": float(state.get("wall_time", 0.0)),
             "world_size": int(state.get("world_size", 1)),
             "hardware": state.get("hardware", "unknown"),
+            "command": train_command or state.get("command") or "unknown",
             "git_commit": git_commit(),
             "checkpoint": str(ckpt_path),
             "torch_version": torch.__version__,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -408,6 +410,7 @@ def run_stage(stage: str, nets: dict, run: Run, resume: dict | None, completed: 
                     "wall_time": wall_time + (time.time() - started),
                     "world_size": info.world_size,
                     "hardware": dist.describe_hardware(),
+                    "command": shlex.join(sys.orig_argv),
                 },
             )
         dist.barrier()

@@ -119,4 +119,18 @@ def spot_eval(
     }
     if photos:
         results["raw_photos"] = photo_false_alarms(nets["disc"], photos, cfg.model.image_size)
+    results["summary"] = summarize(results)
     return results
+
+
+def summarize(results: dict) -> dict[str, float]:
+    """Flat headline numbers for model.json and the model card."""
+    out = {}
+    for pair in results["pairs"]:
+        for key in ("roc_auc", "ap", "acc", "real_acc", "fake_acc", "mask_ap"):
+            if key in pair:
+                out[f"spot/{key}@drop{pair['drop_rate']}"] = round(pair[key], 4)
+    out["spot/false_alarm_raw_heldout"] = round(results["raw_heldout_false_alarm_rate"], 4)
+    if "raw_photos" in results:
+        out["spot/false_alarm_raw_photos"] = round(results["raw_photos"]["false_alarm_rate"], 4)
+    return out

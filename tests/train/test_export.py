@@ -80,3 +80,16 @@ def test_onnx_runtime_matches_pytorch(exported, batch, data_root):
 def test_export_of_a_missing_checkpoint_is_a_clear_error(tmp_path):
     result = run_cli("export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_evaluation_metrics_reach_model_json_and_the_card(exported, tmp_path):
+    report = tmp_path / "spot.json"
+    report.write_text(json.dumps({"summary": {"spot/roc_auc@drop0.7": 0.5123, "spot/false_alarm_raw_photos": 0.25}}))
+    ckpt = exported / "run" / "checkpoint.pt"
+    result = run_cli("export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m"), "--metrics", str(report))
+    assert result.returncode == 0, result.stderr[-2000:]
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["metrics"] == {"spot/roc_auc@drop0.7": 0.5123, "spot/false_alarm_raw_photos": 0.25}
+    card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
+    for name, value in meta["metrics"].items():
+        assert f"| {name} | {value} |" in card

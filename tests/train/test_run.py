@@ -148,6 +148,7 @@ def test_spot_eval_reports_every_metric(tmp_path, uninterrupted, data_root):
         assert {"roc_auc", "ap", "acc", "real_acc", "fake_acc", "mask_ap"} <= set(pair)
         assert 0 <= pair["roc_auc"] <= 1 and 0 <= pair["mask_ap"] <= 1
     assert report["images"] == 64 and 0 <= report["raw_heldout_false_alarm_rate"] <= 1
+    assert report["summary"]["spot/roc_auc@drop0.7"] == round(report["pairs"][0]["roc_auc"], 4)
     photos_report = report["raw_photos"]
     assert (
         photos_report["photos"] == 2 and photos_report["per_photo"]["flower.png"]["tiles"] == 20

@@ -1,0 +1,1 @@
+"""spot-artifacts service: FastAPI + ONNX Runtime over an exported model folder (never imports torch)."""

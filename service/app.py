@@ -1,0 +1,260 @@
+"""The FastAPI app: loads the exported model in its lifespan and serves /features, /spot and health."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.middleware.base import BaseHTTPMiddleware
+
+from . import spot
+from .batcher import Batcher
+from .config import Settings, get_settings
+from .features import encode, normalize, pool
+from .images import BadImage, decode
+from .metrics import Metrics
+from .model import ExportedModel, ModelError
+from .preprocess import centre_view, tiles
+from .requests import HEATMAP_FORMATS, feature_params, read_images, spot_params
+
+log = logging.getLogger(__name__)
+
+MULTIPART_AND_JSON = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "required": ["files"],
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
+                        "layers": {"type": "array", "items": {"type": "string"}},
+                        "pool": {"type": "string"},
+                        "normalize": {"type": "string"},
+                        "encoding": {"type": "string"},
+                        "dtype": {"type": "string"},
+                        "heatmap": {"type": "string", "enum": list(HEATMAP_FORMATS)},
+                    },
+                    "required": ["images"],
+                }
+            },
+        },
+    }
+}
+
+
+class BodyLimit(BaseHTTPMiddleware):
+    """Refuses a declared Content-Length over the limit before reading the body."""
+
+    def __init__(self, app, max_bytes: int):
+        super().__init__(app)
+        self.max_bytes = max_bytes
+
+    async def dispatch(self, request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_bytes:
+            return JSONResponse({"detail": f"body of {length} bytes exceeds the limit of {self.max_bytes}"}, 413)
+        if request.method == "POST" and not length:
+            return JSONResponse({"detail": "a Content-Length header is required"}, 411)
+        return await call_next(request)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    state: dict = {"model": None, "error": None, "batcher": None}
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            model = ExportedModel(
+                settings.model_dir, settings.providers, settings.require_gpu, settings.intra_op_threads
+            )
+            model.warm_up()
+            state["model"] = model
+            state["batcher"] = Batcher(
+                model, settings.max_batch_size, settings.max_batch_delay_ms, metrics.observe_batch
+            )
+            state["batcher"].start()
+            log.info("loaded %s %s on %s", model.name, model.version, model.provider)
+        except ModelError as exc:
+            state["error"] = str(exc)
+            log.error("model not loaded: %s", exc)
+        yield
+        if state["batcher"]:
+            await state["batcher"].stop()
+
+    app = FastAPI(title="spot-artifacts", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = route.path if route else "unmatched"
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    allowed = {f.strip().upper() for f in settings.allowed_formats.split(",") if f.strip()}
+
+    def ready_model() -> ExportedModel:
+        if state["model"] is None:
+            raise HTTPException(503, f"model not loaded: {state['error']}")
+        return state["model"]
+
+    def check_auth(request: Request) -> None:
+        if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
+            raise HTTPException(401, "missing or wrong API key (Authorization: Bearer <key>)")
+
+    async def decoded_images(request: Request) -> tuple[list[tuple[str, np.ndarray]], dict]:
+        files, body_params = await read_images(request, settings.max_files)
+        try:  # decoding runs on a worker thread: the event loop keeps serving others
+            images = await run_in_threadpool(
+                lambda: [(n, decode(d, n, settings.max_pixels, allowed)) for n, d in files]
+            )
+        except BadImage as exc:
+            raise HTTPException(400, str(exc)) from None
+        return images, body_params
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz():
+        if state["model"] is None:
+            return JSONResponse({"ready": False, "error": state["error"] or "loading"}, 503)
+        m = state["model"]
+        return {"ready": True, "model": m.name, "version": m.version, "provider": m.provider}
+
+    @app.get("/metrics", tags=["health"])
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/models", tags=["models"])
+    async def models() -> dict:
+        return ready_model().meta
+
+    @app.post("/features", tags=["inference"], openapi_extra=MULTIPART_AND_JSON)
+    async def features(
+        request: Request,
+        layers: str | None = Query(None, description="comma-separated, e.g. conv3,conv5 (default conv5)"),
+        pool_: str | None = Query(None, alias="pool", description="none | avg | max | probe"),
+        normalize_: str | None = Query(None, alias="normalize", description="none | l2"),
+        encoding: str | None = Query(None, description="json | base64 (little-endian)"),
+        dtype: str | None = Query(None, description="float32 | float16"),
+    ) -> dict:
+        check_auth(request)
+        model = ready_model()
+        images, body = await decoded_images(request)
+        query = {"layers": layers, "pool": pool_, "normalize": normalize_, "encoding": encoding, "dtype": dtype}
+        p = feature_params({k: v for k, v in query.items() if v}, body, model.layers, model.layers[-1])
+        started = time.perf_counter()
+        batch = await run_in_threadpool(
+            lambda: np.stack([model.normalize(centre_view(rgb, model.size, model.crop_fraction)) for _, rgb in images])
+        )
+        metrics.stage.labels("preprocess").observe(time.perf_counter() - started)
+        started = time.perf_counter()
+        outputs = await state["batcher"].run(batch, p["layers"])
+        metrics.images.labels("/features").inc(len(images))
+        probe = model.meta["probe_pooling"]
+        results = []
+        for i, (name, _) in enumerate(images):
+            per_layer = {}
+            for layer in p["layers"]:
+                values = normalize(pool(outputs[layer][i], p["pool"], probe[layer]["grid"]), p["normalize"])
+                per_layer[layer] = {"shape": list(values.shape), "values": encode(values, p["encoding"], p["dtype"])}
+            results.append({"name": name, "features": per_layer})
+        return {
+            "model": model.name,
+            "version": model.version,
+            "provider": model.provider,
+            **{k: v for k, v in p.items() if k != "layers"},
+            "inference_ms": round(1000 * (time.perf_counter() - started), 3),
+            "results": results,
+        }
+
+    @app.post("/spot", tags=["inference"], openapi_extra=MULTIPART_AND_JSON)
+    async def spot_route(
+        request: Request,
+        heatmap: str | None = Query(None, description="none | values | png | overlay (PNGs are base64)"),
+    ) -> dict:
+        check_auth(request)
+        model = ready_model()
+        images, body = await decoded_images(request)
+        p = spot_params({"heatmap": heatmap} if heatmap else {}, body)
+        per_image = []
+        for name, rgb in images:
+            t, positions, covered = tiles(rgb, model.size)
+            if len(t) > settings.max_tiles:
+                raise HTTPException(413, f"{name}: {len(t)} tiles exceed the limit of {settings.max_tiles}")
+            per_image.append((name, rgb, t, positions, covered))
+        batch = np.concatenate([np.stack([model.normalize(tile) for tile in t]) for _, _, t, _, _ in per_image])
+        outputs = await state["batcher"].run(batch, ["real_logit", "mask_logits"])
+        metrics.images.labels("/spot").inc(len(images))
+        results, offset = [], 0
+        for name, rgb, t, positions, covered in per_image:
+            sl = slice(offset, offset + len(t))
+            offset += len(t)
+            score, cells = spot.assemble(
+                outputs["real_logit"][sl], outputs["mask_logits"][sl], positions, model.size, covered.shape[:2]
+            )
+            h, w = rgb.shape[:2]
+            item = {
+                "name": name,
+                "artifact_score": score,
+                "width": w,
+                "height": h,
+                "tiling": {
+                    "tiles": len(t),
+                    "tile_size": model.size,
+                    "stride": model.size // 2,
+                    "scaled_to": list(covered.shape[1::-1]),
+                },
+                "mask": {
+                    "rows": cells.shape[0],
+                    "cols": cells.shape[1],
+                    "cell_pixels": model.size / model.grid,
+                    "values": cells.round(5).tolist(),
+                },
+            }
+            if p["heatmap"] != "none":
+                values = spot.heatmap(cells, w, h)
+                if p["heatmap"] == "values":
+                    item["heatmap"] = {"shape": [h, w], "values": values.round(4).tolist()}
+                elif p["heatmap"] == "png":
+                    item["heatmap"] = {
+                        "shape": [h, w],
+                        "png_base64": base64.b64encode(spot.heatmap_png(values)).decode(),
+                    }
+                else:
+                    item["heatmap"] = {
+                        "shape": [h, w],
+                        "png_base64": base64.b64encode(spot.overlay_png(rgb, values)).decode(),
+                    }
+            results.append(item)
+        return {
+            "model": model.name,
+            "version": model.version,
+            "provider": model.provider,
+            "threshold": 0.5,
+            "results": results,
+        }
+
+    return app

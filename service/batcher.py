@@ -1,0 +1,106 @@
+"""Server-side dynamic batching: requests from concurrent clients share one ONNX Runtime run.
+
+Knobs as in Triton/TorchServe: `max_batch_size` images per run and `max_batch_delay_ms` to wait for
+more once a first request is queued (0 = take only what is already waiting). Runs happen on one
+worker thread, so the event loop never blocks and the session is never entered twice at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .model import ExportedModel
+
+
+@dataclass
+class Job:
+    inputs: np.ndarray  # [k, 3, H, W]
+    names: list[str]
+    future: asyncio.Future
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(self, model: ExportedModel, max_batch_size: int, max_batch_delay_ms: float, observe=None):
+        self.model = model
+        self.max_batch_size = max(1, max_batch_size)
+        self.delay = max(0.0, max_batch_delay_ms) / 1000
+        self.observe = observe or (lambda **_: None)  # metrics hook: batch size, queue and inference time
+        self.queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self.task: asyncio.Task | None = None
+        self.pending: Job | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+        self.executor.shutdown(wait=True)
+
+    async def run(self, inputs: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        job = Job(inputs, names, asyncio.get_running_loop().create_future())
+        await self.queue.put(job)
+        return await job.future
+
+    async def _collect(self) -> list[Job]:
+        """The next batch: the first waiting job, plus more until full or the delay has passed."""
+        first, self.pending = self.pending or await self.queue.get(), None
+        jobs, size = [first], len(first.inputs)
+        deadline = time.perf_counter() + self.delay
+        while size < self.max_batch_size:
+            try:
+                if self.delay == 0:
+                    job = self.queue.get_nowait()
+                else:
+                    job = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - time.perf_counter()))
+            except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                break
+            if size + len(job.inputs) > self.max_batch_size:
+                self.pending = job  # first in line for the next run
+                break
+            jobs.append(job)
+            size += len(job.inputs)
+        return jobs
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = await self._collect()
+            jobs = [j for j in jobs if not j.future.cancelled()]
+            if not jobs:
+                continue
+            names = sorted({n for j in jobs for n in j.names})
+            batch = np.concatenate([j.inputs for j in jobs])
+            started = time.perf_counter()
+            try:
+                outputs = await loop.run_in_executor(self.executor, self._run_chunked, batch, names)
+            except Exception as exc:  # noqa: BLE001 - hand the failure to every waiting request
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                continue
+            self.observe(
+                batch_size=len(batch),
+                inference_s=time.perf_counter() - started,
+                queue_s=[started - j.queued_at for j in jobs],
+            )
+            offset = 0
+            for j in jobs:
+                k = len(j.inputs)
+                if not j.future.done():
+                    j.future.set_result({n: outputs[n][offset : offset + k] for n in j.names})
+                offset += k
+
+    def _run_chunked(self, batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        """One request larger than max_batch_size (a big photo's tiles) runs in chunks."""
+        parts = [
+            self.model.run(batch[i : i + self.max_batch_size], names) for i in range(0, len(batch), self.max_batch_size)
+        ]
+        return {n: np.concatenate([p[n] for p in parts]) for n in names}

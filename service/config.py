@@ -1,0 +1,30 @@
+"""Service settings from environment variables (prefix SPOT_), e.g. SPOT_MODEL_DIR=models/spot-tiny64."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPOT_")
+
+    model_dir: Path = REPO / "models" / "spot-tiny64"
+    providers: str = "auto"  # auto (CUDA/TensorRT when present, else CPU) | cpu | cuda | tensorrt
+    require_gpu: bool = False  # a missing GPU is an error instead of a CPU fallback
+    intra_op_threads: int = 0  # 0 = ONNX Runtime's default (one per core)
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = 50_000_000  # per image, checked from the header before decoding
+    max_files: int = 16  # images per request
+    max_tiles: int = 1024  # per image for /spot
+    allowed_formats: str = "JPEG,PNG,WEBP,GIF,BMP,TIFF"
+    max_batch_size: int = 32  # images per ONNX Runtime run (1 = batching off)
+    max_batch_delay_ms: float = 2.0  # how long a first request waits for others to join its batch
+    api_key: str = ""  # when set, requests need "Authorization: Bearer <key>"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,49 @@
+"""Client bytes -> RGB uint8 arrays, with the limits checked before any pixel is decoded."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+Image.MAX_IMAGE_PIXELS = None  # we check the pixel count ourselves, with a clear message
+
+
+class BadImage(ValueError):
+    """The bytes are not an image this service accepts; the message says why."""
+
+
+def decode(data: bytes, name: str, max_pixels: int, allowed_formats: set[str]) -> np.ndarray:
+    """HxWx3 uint8 RGB: EXIF orientation applied; greyscale, palette, alpha, 16-bit, CMYK converted."""
+    if not data:
+        raise BadImage(f"{name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.format not in allowed_formats:
+                raise BadImage(
+                    f"{name}: format {img.format} not allowed; allowed: {', '.join(sorted(allowed_formats))}"
+                )
+            w, h = img.size
+            if w * h > max_pixels:
+                raise BadImage(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+            img.load()  # first frame only for animated images
+            return np.asarray(to_rgb(img), dtype=np.uint8)
+    except BadImage:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float32)
+        img = Image.fromarray((a / (256.0 if a.max(initial=0) > 255 else 1.0)).clip(0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img.convert("RGB")

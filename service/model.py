@@ -1,0 +1,86 @@
+"""The exported model: model.json + model.onnx, checked against its sha256, run by ONNX Runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+class ModelError(RuntimeError):
+    """The model folder is missing, corrupt or cannot run as asked."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def choose_providers(setting: str) -> list[str]:
+    available = ort.get_available_providers()
+    if setting == "cpu":
+        return ["CPUExecutionProvider"]
+    if setting in GPU_PROVIDERS:
+        return [GPU_PROVIDERS[setting], "CPUExecutionProvider"]
+    if setting != "auto":
+        raise ModelError(f"providers must be auto, cpu, cuda or tensorrt, got {setting!r}")
+    return [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available] + [
+        "CPUExecutionProvider"
+    ]
+
+
+class ExportedModel:
+    """Reads the contract of models/README.md; `run` maps a float32 NCHW batch to named outputs."""
+
+    def __init__(self, folder: Path, providers: str = "auto", require_gpu: bool = False, threads: int = 0):
+        folder = Path(folder)
+        meta_path, onnx_path = folder / "model.json", folder / "model.onnx"
+        if not meta_path.is_file() or not onnx_path.is_file():
+            raise ModelError(f"{folder} must hold model.json and model.onnx")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{meta_path} is not valid JSON: {exc}") from None
+        if _sha256(onnx_path) != self.meta.get("sha256"):
+            raise ModelError(f"{onnx_path} does not match the sha256 in model.json: corrupt or replaced")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), options, providers=choose_providers(providers))
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own types for a bad graph
+            raise ModelError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from None
+        self.provider = self.session.get_providers()[0]
+        if require_gpu and self.provider == "CPUExecutionProvider":
+            raise ModelError("a GPU was required (SPOT_REQUIRE_GPU) but ONNX Runtime runs on the CPU")
+        pre = self.meta["preprocessing"]
+        self.size = int(pre["input_size"])
+        self.mean = np.asarray(pre["mean"], np.float32)
+        self.std = np.asarray(pre["std"], np.float32)
+        self.crop_fraction = float(pre.get("crop_fraction", 1.0))
+        self.layers: list[str] = list(self.meta["layers"])
+        self.outputs = [o["name"] for o in self.meta["outputs"]]
+        self.grid = int(self.meta["mask_grid"])
+        self.name, self.version = self.meta["name"], str(self.meta["version"])
+
+    def normalize(self, rgb: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 -> 3xHxW float32 on the model's scale."""
+        return ((rgb.astype(np.float32) - self.mean) / self.std).transpose(2, 0, 1)
+
+    def run(self, batch: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        names = names or self.outputs
+        return dict(zip(names, self.session.run(names, {"images": np.ascontiguousarray(batch, np.float32)})))
+
+    def warm_up(self) -> None:
+        self.run(np.zeros((1, 3, self.size, self.size), np.float32))

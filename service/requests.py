@@ -1,0 +1,102 @@
+"""Reading a request: multipart files or JSON with base64 images, the same parameters either way."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from fastapi import HTTPException, Request
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .features import DTYPES, ENCODINGS, NORMALIZE, POOLS
+
+HEATMAP_FORMATS = ("none", "values", "png", "overlay")
+
+
+class JsonImages(BaseModel):
+    """JSON form: `{"images": ["<base64>", ...], "layers": [...], ...}` (same parameters as the query)."""
+
+    images: list[str] = Field(min_length=1, description="base64-encoded image files (JPEG, PNG, ...)")
+    layers: list[str] | None = None
+    pool: str | None = None
+    normalize: str | None = None
+    encoding: str | None = None
+    dtype: str | None = None
+    heatmap: str | None = None
+
+    model_config = {"extra": "forbid"}
+
+
+def _check(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise HTTPException(422, f"unknown {name} {value!r}; valid: {', '.join(allowed)}")
+    return value
+
+
+async def read_images(request: Request, max_files: int) -> tuple[list[tuple[str, bytes]], dict]:
+    """[(name, bytes)] and the parameters found in a JSON body (query parameters are read by the route)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=max_files, max_fields=32)
+        except StarletteHTTPException as exc:
+            if "Too many files" in str(exc.detail):
+                raise HTTPException(413, f"too many files; at most {max_files} per request") from None
+            raise HTTPException(400, f"malformed multipart body: {exc.detail}") from None
+        except Exception as exc:  # noqa: BLE001 - python-multipart reports malformed bodies its own way
+            raise HTTPException(400, f"malformed multipart body: {exc}") from None
+        unknown = [k for k in form.keys() if k not in ("files", "file")]
+        if unknown:
+            raise HTTPException(
+                422, f"unknown form fields {unknown}; send images as 'files' and options as query parameters"
+            )
+        uploads = [v for k, v in form.multi_items() if k in ("files", "file")]
+        if not uploads:
+            raise HTTPException(422, "no images: send one or more multipart fields named 'files'")
+        if not all(isinstance(u, UploadFile) for u in uploads):
+            raise HTTPException(422, "'files' must be file uploads, not text fields")
+        if len(uploads) > max_files:
+            raise HTTPException(413, f"{len(uploads)} files; at most {max_files} per request")
+        return [(u.filename or f"files[{i}]", await u.read()) for i, u in enumerate(uploads)], {}
+    if content_type.startswith("application/json"):
+        try:
+            body = JsonImages.model_validate(json.loads(await request.body()))
+        except json.JSONDecodeError as exc:
+            raise HTTPException(400, f"body is not valid JSON: {exc}") from None
+        except ValidationError as exc:
+            raise HTTPException(422, exc.errors(include_url=False, include_context=False)) from None
+        if len(body.images) > max_files:
+            raise HTTPException(413, f"{len(body.images)} images; at most {max_files} per request")
+        images = []
+        for i, text in enumerate(body.images):
+            try:
+                images.append((f"images[{i}]", base64.b64decode(text, validate=True)))
+            except (binascii.Error, ValueError):
+                raise HTTPException(400, f"images[{i}] is not valid base64") from None
+        return images, body.model_dump(exclude={"images"}, exclude_none=True)
+    raise HTTPException(415, "send multipart/form-data (field 'files') or application/json (base64 'images')")
+
+
+def feature_params(query: dict, body: dict, layers: list[str], default_layer: str) -> dict:
+    merged = {**query, **body}
+    chosen = merged.get("layers") or [default_layer]
+    if isinstance(chosen, str):
+        chosen = [s for s in chosen.split(",") if s]
+    bad = [layer for layer in chosen if layer not in layers]
+    if bad:
+        raise HTTPException(422, f"unknown layers {bad}; valid: {', '.join(layers)}")
+    return {
+        "layers": chosen,
+        "pool": _check("pool", merged.get("pool") or "avg", POOLS),
+        "normalize": _check("normalize", merged.get("normalize") or "none", NORMALIZE),
+        "encoding": _check("encoding", merged.get("encoding") or "json", ENCODINGS),
+        "dtype": _check("dtype", merged.get("dtype") or "float32", DTYPES),
+    }
+
+
+def spot_params(query: dict, body: dict) -> dict:
+    merged = {**query, **body}
+    return {"heatmap": _check("heatmap", merged.get("heatmap") or "values", HEATMAP_FORMATS)}

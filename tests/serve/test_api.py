@@ -1,0 +1,274 @@
+"""Every endpoint against a real uvicorn process; results equal ONNX Runtime called directly."""
+
+import base64
+import io
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from service.images import decode
+from service.model import ExportedModel
+from service.preprocess import centre_view, tiles
+
+from ..conftest import DATA
+
+PHOTO = DATA / "photos" / "sklearn" / "china.jpg"  # 640 x 427
+
+
+def png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def direct(model_dir, rgbs, layers):
+    """ONNX Runtime on the same preprocessed tensors, without the service."""
+    model = ExportedModel(model_dir, "cpu")
+    batch = np.stack([model.normalize(centre_view(rgb, model.size, model.crop_fraction)) for rgb in rgbs])
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    return dict(zip(layers, session.run(layers, {"images": batch})))
+
+
+def test_health_ready_and_models(client, model_dir):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] is True and ready["provider"] == "CPUExecutionProvider"
+    assert client.get("/models").json() == json.loads((model_dir / "model.json").read_text())
+    assert "/features" in client.get("/openapi.json").json()["paths"]
+
+
+def test_features_multipart_equal_onnx_runtime(client, model_dir):
+    data = PHOTO.read_bytes()
+    r = client.post(
+        "/features",
+        params={"layers": "conv2,conv5", "pool": "none"},
+        files=[("files", ("china.jpg", data, "image/jpeg"))],
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "spot-tiny" and body["provider"] == "CPUExecutionProvider"
+    rgb = decode(data, "x", 10**8, {"JPEG"})
+    expected = direct(model_dir, [rgb], ["conv2", "conv5"])
+    for layer in ("conv2", "conv5"):
+        got = np.asarray(body["results"][0]["features"][layer]["values"], np.float32)
+        assert got.shape == expected[layer][0].shape
+        np.testing.assert_allclose(got, expected[layer][0], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("pool, dims", [("avg", 32), ("max", 32), ("probe", None)])
+def test_pooling_and_base64_float16_json_form(client, model_dir, pool, dims):
+    meta = json.loads((model_dir / "model.json").read_text())
+    imgs = [png_bytes(Image.new("RGB", (50, 40), c)) for c in ((200, 30, 30), (10, 120, 250))]
+    payload = {"images": [base64.b64encode(b).decode() for b in imgs], "layers": ["conv5"], "pool": pool,
+               "encoding": "base64", "dtype": "float16", "normalize": "l2"}  # fmt: skip
+    r = client.post("/features", json=payload)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["name"] for x in results] == ["images[0]", "images[1]"]
+    for x in results:
+        f = x["features"]["conv5"]
+        values = np.frombuffer(base64.b64decode(f["values"]), dtype="<f2")
+        assert values.size == (dims or meta["probe_pooling"]["conv5"]["dims"]) == f["shape"][0]
+        assert np.linalg.norm(values.astype(np.float32)) == pytest.approx(1.0, abs=1e-2)
+
+
+def test_unknown_layer_and_pool_list_the_valid_ones(client):
+    files = [("files", ("a.png", png_bytes(Image.new("RGB", (40, 40))), "image/png"))]
+    r = client.post("/features", params={"layers": "fc7"}, files=files)
+    assert r.status_code == 422 and "conv1" in r.json()["detail"] and "fc7" in r.json()["detail"]
+    r = client.post("/features", params={"pool": "median"}, files=files)
+    assert r.status_code == 422 and "probe" in r.json()["detail"]
+
+
+def test_spot_untiled_and_tiled_heatmaps_at_image_size(client, model_dir):
+    small = png_bytes(Image.new("RGB", (32, 32), (90, 90, 90)))
+    big = PHOTO.read_bytes()
+    r = client.post(
+        "/spot", files=[("files", ("small.png", small, "image/png")), ("files", ("china.jpg", big, "image/jpeg"))]
+    )
+    assert r.status_code == 200, r.text
+    small_r, big_r = r.json()["results"]
+    assert small_r["tiling"]["tiles"] == 1 and small_r["mask"]["rows"] == small_r["mask"]["cols"] == 4
+    assert np.asarray(small_r["heatmap"]["values"]).shape == (32, 32)
+    assert big_r["tiling"]["tiles"] > 100 and np.asarray(big_r["heatmap"]["values"]).shape == (427, 640)
+    for item in (small_r, big_r):
+        assert 0.0 <= item["artifact_score"] <= 1.0
+    # the score is the mean tile probability from ONNX Runtime run directly
+    model = ExportedModel(model_dir, "cpu")
+    t, _, _ = tiles(decode(big, "x", 10**8, {"JPEG"}), model.size)
+    logits = model.run(np.stack([model.normalize(x) for x in t]), ["real_logit"])["real_logit"]
+    assert big_r["artifact_score"] == pytest.approx(float((1 / (1 + np.exp(logits))).mean()), abs=1e-5)
+
+
+def test_spot_overlay_png_has_the_image_size(client):
+    r = client.post(
+        "/spot", params={"heatmap": "overlay"}, files=[("files", ("c.jpg", PHOTO.read_bytes(), "image/jpeg"))]
+    )
+    assert r.status_code == 200, r.text
+    png = base64.b64decode(r.json()["results"][0]["heatmap"]["png_base64"])
+    assert Image.open(io.BytesIO(png)).size == (640, 427)
+
+
+def _truncated_jpeg() -> bytes:
+    return PHOTO.read_bytes()[:2000]
+
+
+def _huge_png_header() -> bytes:
+    data = bytearray(png_bytes(Image.new("RGB", (8, 8))))
+    data[16:24] = (100000).to_bytes(4, "big") + (100000).to_bytes(4, "big")  # IHDR width, height
+    return bytes(data)
+
+
+BAD_FILES = {
+    "zero bytes": b"",
+    "text file": b"hello, I am not an image",
+    "truncated jpeg": None,
+    "huge-dimension png header": None,
+    "html": b"<html><body>no</body></html>",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_files_get_400_and_the_server_stays_ready(client, case):
+    data = {"truncated jpeg": _truncated_jpeg, "huge-dimension png header": _huge_png_header}.get(
+        case, lambda: BAD_FILES[case]
+    )()
+    for route in ("/features", "/spot"):
+        r = client.post(route, files=[("files", ("bad", data, "application/octet-stream"))])
+        assert r.status_code == 400, (case, r.text)
+        assert r.json()["detail"]
+    assert client.get("/readyz").status_code == 200
+
+
+def test_bad_requests_get_clear_4xx(client):
+    img = png_bytes(Image.new("RGB", (40, 40)))
+    cases = [
+        (client.post("/features", files=[("image", ("a.png", img, "image/png"))]), 422, "unknown form fields"),
+        (client.post("/features", files=[("files", ("a.png", img, "image/png"))] * 17), 413, "at most 16 per request"),
+        (client.post("/features", json={"images": ["***not base64***"]}), 400, "not valid base64"),
+        (client.post("/features", json={"imgs": ["aGk="]}), 422, "images"),
+        (
+            client.post("/features", content=b"{not json", headers={"content-type": "application/json"}),
+            400,
+            "not valid JSON",
+        ),
+        (client.post("/features", content=b"raw", headers={"content-type": "text/plain"}), 415, "multipart"),
+        (
+            client.post("/spot", params={"heatmap": "jpeg"}, files=[("files", ("a.png", img, "image/png"))]),
+            422,
+            "overlay",
+        ),
+    ]
+    for response, status, text in cases:
+        assert response.status_code == status, response.text
+        assert text in json.dumps(response.json())
+    assert client.get("/readyz").status_code == 200
+
+
+def test_odd_images_are_converted(client):
+    sixteen = png_bytes(Image.fromarray(np.full((30, 30), 40000, np.uint16)))
+    cmyk = png_bytes(Image.new("CMYK", (30, 30), (0, 200, 0, 0)), "JPEG")
+    grey = png_bytes(Image.new("L", (30, 30), 100))
+    rgba = png_bytes(Image.new("RGBA", (30, 30), (0, 0, 0, 0)))
+    files = [("files", (f"{i}.img", b, "application/octet-stream")) for i, b in enumerate((sixteen, cmyk, grey, rgba))]
+    r = client.post("/features", files=files)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["results"]) == 4
+
+
+def test_missing_or_corrupt_model_is_not_ready_with_a_clear_error(tmp_path, model_dir):
+    from .conftest import Server
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text((model_dir / "model.json").read_text())
+    (broken / "model.onnx").write_bytes((model_dir / "model.onnx").read_bytes()[:1000])
+    s = Server(broken)
+    try:
+        import httpx
+
+        r = httpx.get(f"{s.url}/readyz")
+        assert r.status_code == 503 and "sha256" in r.json()["error"]
+        assert httpx.post(f"{s.url}/features", files=[("files", ("a.png", b"x", "image/png"))]).status_code == 503
+    finally:
+        s.stop()
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(model_dir):
+    import httpx
+
+    from .conftest import Server
+
+    s = Server(model_dir, max_body_bytes="4096")
+    try:
+        r = httpx.post(f"{s.url}/features", files=[("files", ("a.png", b"x" * 20000, "image/png"))])
+        assert r.status_code == 413 and "exceeds the limit of 4096" in r.json()["detail"]
+        assert httpx.get(f"{s.url}/readyz").status_code == 200
+    finally:
+        s.stop()
+
+
+def test_api_key_guards_inference(model_dir):
+    import httpx
+
+    from .conftest import Server
+
+    s = Server(model_dir, api_key="s3cret")
+    files = [("files", ("a.png", png_bytes(Image.new("RGB", (40, 40))), "image/png"))]
+    try:
+        assert httpx.post(f"{s.url}/features", files=files).status_code == 401
+        bad = httpx.post(f"{s.url}/spot", files=files, headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401 and "API key" in bad.json()["detail"]
+        good = httpx.post(f"{s.url}/features", files=files, headers={"Authorization": "Bearer s3cret"})
+        assert good.status_code == 200
+        assert httpx.get(f"{s.url}/healthz").status_code == 200  # health stays open for probes
+    finally:
+        s.stop()
+
+
+def test_openapi_documents_the_multipart_and_json_forms(client):
+    spec = client.get("/openapi.json").json()
+    for route in ("/features", "/spot"):
+        content = spec["paths"][route]["post"]["requestBody"]["content"]
+        assert {"multipart/form-data", "application/json"} <= set(content)
+
+
+def _batch_histogram(metrics_text: str) -> dict[str, float]:
+    counts = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("spot_batch_size_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            counts[le] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_concurrent_requests_are_batched_and_counted(model_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from .conftest import Server
+
+    s = Server(model_dir, max_batch_delay_ms="20")
+    data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
+    try:
+        with httpx.Client(base_url=s.url, timeout=30) as c, ThreadPoolExecutor(16) as pool:
+            codes = list(
+                pool.map(
+                    lambda _: c.post("/features", files=[("files", ("a.png", data, "image/png"))]).status_code,
+                    range(64),
+                )
+            )
+            assert codes == [200] * 64
+            text = c.get("/metrics").text
+        hist = _batch_histogram(text)
+        assert hist["+Inf"] < 64  # fewer runs than requests
+        assert hist["1.0"] < hist["+Inf"]  # at least one run held more than one image
+        assert 'spot_requests_total{route="/features",status="200"} 64.0' in text
+        assert 'spot_images_total{route="/features"} 64.0' in text
+        assert 'spot_stage_seconds_count{stage="queue"}' in text and 'stage="preprocess"' in text
+    finally:
+        s.stop()
