@@ -6,11 +6,12 @@ import base64
 import logging
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.base import BaseHTTPMiddleware
 
@@ -25,6 +26,7 @@ from .preprocess import centre_view, tiles
 from .requests import HEATMAP_FORMATS, feature_params, read_images, spot_params
 
 log = logging.getLogger(__name__)
+INDEX_HTML = (Path(__file__).parent / "static" / "index.html").read_text()
 
 MULTIPART_AND_JSON = {
     "requestBody": {
@@ -131,6 +133,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except BadImage as exc:
             raise HTTPException(400, str(exc)) from None
         return images, body_params
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(INDEX_HTML)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict:

@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import zlib
 
 import numpy as np
 import onnxruntime as ort
@@ -119,6 +120,7 @@ def _truncated_jpeg() -> bytes:
 def _huge_png_header() -> bytes:
     data = bytearray(png_bytes(Image.new("RGB", (8, 8))))
     data[16:24] = (100000).to_bytes(4, "big") + (100000).to_bytes(4, "big")  # IHDR width, height
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # a valid chunk: only the size is hostile
     return bytes(data)
 
 
@@ -272,3 +274,119 @@ def test_concurrent_requests_are_batched_and_counted(model_dir):
         assert 'spot_stage_seconds_count{stage="queue"}' in text and 'stage="preprocess"' in text
     finally:
         s.stop()
+
+
+def test_the_web_page_is_served(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "spot?heatmap=overlay" in r.text and 'type="file"' in r.text
+
+
+def test_command_line_client_writes_overlays_and_features(server, tmp_path):
+    import subprocess
+    import sys
+
+    from ..conftest import REPO
+
+    image = tmp_path / "china.jpg"
+    image.write_bytes(PHOTO.read_bytes())
+    out = tmp_path / "out"
+    base = [sys.executable, "-m", "service.client"]
+    r = subprocess.run(
+        [*base, "spot", str(image), "--url", server.url, "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert 0 <= report[0]["artifact_score"] <= 1
+    assert Image.open(out / "china.overlay.png").size == (640, 427)
+    r = subprocess.run(
+        [*base, "features", str(image), "--url", server.url, "--out", str(out), "--layers", "conv4,conv5"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert np.load(out / "china.conv5.npy").shape == (32,)
+    r = subprocess.run(
+        [*base, "spot", str(tmp_path / "missing.jpg"), "--url", server.url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def _bits(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _animated_gif() -> bytes:
+    frames = [Image.new("P", (40, 40), i) for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    return buf.getvalue()
+
+
+GOOD = _bits(Image.new("RGB", (40, 40), (50, 60, 70)), "PNG")
+
+# (case, route, request kwargs, expected status, text the message must contain)
+CORPUS = [
+    ("zero bytes", "/features", {"files": [("files", ("a.jpg", b"", "image/jpeg"))]}, 400, "empty file"),
+    ("text file", "/spot", {"files": [("files", ("a.txt", b"just text", "text/plain"))]}, 400, "not a readable image"),
+    ("truncated jpeg", "/spot", {"files": [("files", ("t.jpg", PHOTO.read_bytes()[:3000], "image/jpeg"))]}, 400, "t.jpg"),
+    ("huge-dimension png header", "/features", {"files": [("files", ("h.png", _huge_png_header(), "image/png"))]}, 400, "exceeds the limit"),
+    ("decompression bomb", "/spot", {"files": [("files", ("b.png", _bits(Image.new("1", (8000, 8000)), "PNG"), "image/png"))]}, 400, "64000000 pixels"),
+    ("format not allowed", "/features", {"files": [("files", ("a.ppm", _bits(Image.new("RGB", (8, 8)), "PPM"), "image/x-ppm"))]}, 400, "not allowed"),
+    ("png signature then garbage", "/features", {"files": [("files", ("g.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "image/png"))]}, 400, "g.png"),
+    ("wrong field name", "/features", {"files": [("image", ("a.png", GOOD, "image/png"))]}, 422, "unknown form fields"),
+    ("text field named files", "/spot", {"files": [("files", (None, b"not a file"))]}, 422, "file uploads"),
+    ("too many files", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))] * 17}, 413, "at most 16"),
+    ("invalid base64", "/features", {"json": {"images": ["@@@"]}}, 400, "not valid base64"),
+    ("base64 of a text", "/spot", {"json": {"images": [base64.b64encode(b"hello").decode()]}}, 400, "not a readable image"),
+    ("empty image list", "/features", {"json": {"images": []}}, 422, "images"),
+    ("images not a list", "/features", {"json": {"images": "abc"}}, 422, "images"),
+    ("unknown json key", "/spot", {"json": {"images": [base64.b64encode(GOOD).decode()], "colour": "red"}}, 422, "colour"),
+    ("malformed json", "/features", {"content": b'{"images": [', "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
+    ("wrong content type", "/spot", {"content": GOOD, "headers": {"content-type": "image/png"}}, 415, "multipart"),
+    ("unknown layer", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": {"layers": "conv9"}}, 422, "conv5"),
+    ("unknown layer in json", "/features", {"json": {"images": [base64.b64encode(GOOD).decode()], "layers": ["fc6"]}}, 422, "conv1"),
+    ("unknown pool", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": {"pool": "sum"}}, 422, "probe"),
+    ("unknown normalize", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": {"normalize": "l1"}}, 422, "l2"),
+    ("unknown encoding", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": {"encoding": "hex"}}, 422, "base64"),
+    ("unknown dtype", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": {"dtype": "int8"}}, 422, "float16"),
+    ("unknown heatmap format", "/spot", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": {"heatmap": "gif"}}, 422, "overlay"),
+    ("too many tiles", "/spot", {"files": [("files", ("big.png", _bits(Image.new("RGB", (1200, 1200)), "PNG"), "image/png"))]}, 413, "tiles exceed"),
+    ("chunked body without length", "/features", {"content": iter([GOOD]), "headers": {"content-type": "application/json"}}, 411, "Content-Length"),
+    ("one bad image among good ones", "/features", {"files": [("files", ("ok.png", GOOD, "image/png")), ("files", ("bad.png", b"xx", "image/png"))]}, 400, "bad.png"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, route, kwargs, status, text", CORPUS, ids=[c[0] for c in CORPUS])
+def test_bad_input_corpus(client, case, route, kwargs, status, text):
+    r = client.post(route, **kwargs)
+    assert r.status_code == status, r.text
+    assert text in json.dumps(r.json()), r.text
+    assert client.get("/readyz").json()["ready"] is True
+
+
+@pytest.mark.parametrize("name, data", [("animated gif", _animated_gif()), ("exif rotated", None)])
+def test_animated_and_rotated_images_are_accepted(client, name, data):
+    if data is None:
+        img = Image.new("RGB", (60, 30), (200, 10, 10))
+        exif = img.getexif()
+        exif[0x0112] = 6  # displayed rotated by 90 degrees
+        data = _bits(img, "JPEG", exif=exif)
+    r = client.post("/spot", files=[("files", ("x", data, "application/octet-stream"))])
+    assert r.status_code == 200, r.text
+    item = r.json()["results"][0]
+    expected = (40, 40) if name == "animated gif" else (60, 30)  # (height, width) after the EXIF rotation
+    assert (item["height"], item["width"]) == expected
+    assert np.asarray(item["heatmap"]["values"]).shape == expected
