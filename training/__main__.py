@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name")
     p.add_argument("--version", default="1")
     p.add_argument("--metrics", type=Path, nargs="*", default=[], help="evaluation JSON files (their 'summary')")
-    p.add_argument("--train-command", help="the training command(s) to record (default: the one the checkpoint recorded)")
+    p.add_argument(
+        "--train-command", help="the training command(s) to record (default: the one the checkpoint recorded)"
+    )
     p = sub.add_parser("speed", help="training throughput (img/s) per stage: optimised vs plain fp32 eager")
     p.add_argument("--preset", choices=list_presets(), required=True)
     p.add_argument("--steps", type=int, default=20)

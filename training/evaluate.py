@@ -26,7 +26,9 @@ def evaluate_checkpoint(
     batches = list(DataLoader(dataset, batch_size=batch_size, num_workers=0))
     stage = "spot" if "spot" in state["completed"] or state["stage"] == "spot" else "ae"
     metrics = evaluate(nets, batches, cfg, stage)
+    summary = {"ae/psnr_heldout_db": round(metrics["val/psnr"], 4)}
     return {
+        "summary": summary,
         "checkpoint": str(ckpt_path),
         "data": split or cfg.data.val,
         "images": len(dataset),

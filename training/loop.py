@@ -245,6 +245,17 @@ def trainable(module: nn.Module, stage: str) -> list[nn.Parameter]:
     return [p for n, p in module.named_parameters() if not (stage == "supervised" and n.startswith(heads))]
 
 
+def set_phase(nets: dict, stage: str, cfg: Config) -> dict[str, nn.Module]:
+    """Only the stage's own networks train (requires_grad, train mode); the rest are frozen, in eval mode."""
+    trained = stage_modules(nets, stage, cfg)
+    for name, m in nets.items():
+        m.requires_grad_(False).train(name in trained)
+        if name in trained:
+            for p in trainable(m, stage):
+                p.requires_grad_(True)
+    return trained
+
+
 def train(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     """Run (or resume) every stage in `cfg.train.stages`; returns the last logged metrics."""
     info = dist.setup()
@@ -347,14 +358,7 @@ def run_stage(stage: str, nets: dict, run: Run, resume: dict | None, completed: 
     )
     t = cfg.train
     total = stage_steps(stage, cfg)
-    trained = stage_modules(nets, stage, cfg)
-
-    # Setup the phase: only its own networks train, the rest are frozen in eval mode.
-    for name, m in nets.items():
-        m.requires_grad_(False).train(name in trained)
-        if name in trained:
-            for p in trainable(m, stage):
-                p.requires_grad_(True)
+    trained = set_phase(nets, stage, cfg)
     optimizer = make_optimizer(trained, cfg)
     step, epoch, position = 0, 0, 0
     if resume is not None:

@@ -12,7 +12,7 @@ import torch
 
 from . import dist
 from .config import Config
-from .loop import STEPS, backward_each, make_optimizer, stage_modules
+from .loop import STEPS, backward_each, make_optimizer, set_phase
 from .networks import build_networks
 
 VARIANTS = {
@@ -27,9 +27,9 @@ def time_stage(cfg: Config, stage: str, steps: int, warmup: int = 3) -> float:
     torch.manual_seed(0)
     nets = build_networks(cfg.model)
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    trained = stage_modules(nets, stage, cfg)
-    for name, m in nets.items():
-        m.to(memory_format=fmt).requires_grad_(name in trained).train(name in trained)
+    for m in nets.values():
+        m.to(memory_format=fmt)
+    trained = set_phase(nets, stage, cfg)
     optimizer = make_optimizer(trained, cfg)
     size = cfg.model.ae_size or cfg.model.image_size
     images = (torch.rand(cfg.train.batch_size, 3, size, size) * 2 - 1).contiguous(memory_format=fmt)

@@ -390,3 +390,16 @@ def test_animated_and_rotated_images_are_accepted(client, name, data):
     expected = (40, 40) if name == "animated gif" else (60, 30)  # (height, width) after the EXIF rotation
     assert (item["height"], item["width"]) == expected
     assert np.asarray(item["heatmap"]["values"]).shape == expected
+
+
+def test_a_required_gpu_that_is_missing_is_an_error_not_a_fallback(model_dir):
+    import httpx
+
+    from .conftest import Server
+
+    s = Server(model_dir, providers="cuda", require_gpu="true")
+    try:
+        r = httpx.get(f"{s.url}/readyz")
+        assert r.status_code == 503 and "GPU was required" in r.json()["error"]
+    finally:
+        s.stop()

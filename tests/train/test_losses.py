@@ -5,7 +5,7 @@ import torch
 
 from training.config import load_config
 from training.data import ImageArrayDataset, load_images, train_transform
-from training.loop import STEPS, backward_each, make_optimizer, spot_step, stage_modules, trainable
+from training.loop import STEPS, backward_each, make_optimizer, set_phase, spot_step, trainable
 from training.losses import autoencoder_loss, discriminator_loss, masked_mse, repair_loss
 from training.networks import build_networks
 
@@ -42,21 +42,11 @@ def real_batch(data_root, cache_dir):
     return images, torch.from_numpy(data.labels[:32])
 
 
-def _setup(nets, stage, cfg):
-    trained = stage_modules(nets, stage, cfg)
-    for name, m in nets.items():
-        m.requires_grad_(False).train(name in trained)
-        if name in trained:
-            for p in trainable(m, stage):
-                p.requires_grad_(True)
-    return trained
-
-
 @pytest.mark.parametrize("stage", ["ae", "spot", "supervised"])
 def test_each_phase_updates_only_its_own_networks(stage, real_batch):
     cfg = load_config("tiny", ["--num_classes=10"])
     nets = build_networks(cfg.model)
-    trained = _setup(nets, stage, cfg)
+    trained = set_phase(nets, stage, cfg)
     losses, _ = STEPS[stage](nets, *real_batch, cfg)
     backward_each(losses, trained)
     for name, m in nets.items():
@@ -96,7 +86,7 @@ def test_discriminator_loss_does_not_reach_the_repair_net(real_batch):
 
 
 def _train_steps(cfg, stage, nets, batch, steps):
-    trained = _setup(nets, stage, cfg)
+    trained = set_phase(nets, stage, cfg)
     opt = make_optimizer(trained, cfg)
     history = []
     for _ in range(steps):

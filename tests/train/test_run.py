@@ -153,3 +153,12 @@ def test_spot_eval_reports_every_metric(tmp_path, uninterrupted, data_root):
     assert (
         photos_report["photos"] == 2 and photos_report["per_photo"]["flower.png"]["tiles"] == 20
     )  # 4 rows x 5 columns of 32 px tiles at half overlap
+
+
+def test_evaluate_reports_psnr_and_spotting(uninterrupted):
+    result = run_cli("evaluate", "--checkpoint", str(uninterrupted / "checkpoint.pt"), "--limit", "64")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["images"] == 64 and report["stage"] == "spot"
+    assert 5 < report["psnr"] < 60 and report["summary"]["ae/psnr_heldout_db"] == round(report["psnr"], 4)
+    assert {"acc_real", "acc_fake", "auc", "mask_ap", "acc_raw"} <= set(report)

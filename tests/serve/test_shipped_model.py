@@ -1,0 +1,55 @@
+"""The shipped model folder: loadable by ONNX Runtime alone, self-consistent, and the service's default."""
+
+import json
+import subprocess
+import sys
+
+import httpx
+import onnx
+
+from ..conftest import REPO
+from .conftest import Server
+
+SHIPPED = REPO / "models" / "spot-tiny64"
+
+
+def test_shipped_model_is_one_self_contained_file_matching_its_json():
+    meta = json.loads((SHIPPED / "model.json").read_text())
+    onnx_path = SHIPPED / "model.onnx"
+    assert onnx_path.stat().st_size == meta["size_bytes"] <= 50 * 1024 * 1024
+    model = onnx.load(str(onnx_path))
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert [o.name for o in model.graph.output] == [o["name"] for o in meta["outputs"]]
+    assert meta["input"]["shape"] == [None, 3, 64, 64] and meta["training"]["preset"] == "tiny64"
+
+
+def test_the_card_reports_model_json():
+    meta = json.loads((SHIPPED / "model.json").read_text())
+    card = (SHIPPED / "MODEL_CARD.md").read_text()
+    assert meta["sha256"] in card and meta["training"]["git_commit"] in card
+    assert meta["metrics"], "the shipped model must carry its evaluation"
+    for name, value in meta["metrics"].items():
+        assert f"| {name} | {value} |" in card
+
+
+def test_onnx_runtime_alone_runs_it_without_torch():
+    code = (
+        "import sys, numpy as np; from service.model import ExportedModel; "
+        f"m = ExportedModel(r'{SHIPPED}', 'cpu'); out = m.run(np.zeros((3, 3, 64, 64), np.float32)); "
+        "assert out['mask_logits'].shape == (3, 1, 4, 4) and out['real_logit'].shape == (3,); "
+        "assert 'torch' not in sys.modules; print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_the_service_serves_it_by_default():
+    s = Server(model_dir=SHIPPED)
+    try:
+        ready = httpx.get(f"{s.url}/readyz").json()
+        assert ready == {"ready": True, "model": "spot-tiny64", "version": "1", "provider": "CPUExecutionProvider"}
+    finally:
+        s.stop()
+    from service.config import Settings
+
+    assert Settings().model_dir == SHIPPED
