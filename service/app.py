@@ -205,13 +205,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model = ready_model()
         images, body = await decoded_images(request)
         p = spot_params({"heatmap": heatmap} if heatmap else {}, body)
-        per_image = []
-        for name, rgb in images:
-            t, positions, covered = tiles(rgb, model.size)
-            if len(t) > settings.max_tiles:
-                raise HTTPException(413, f"{name}: {len(t)} tiles exceed the limit of {settings.max_tiles}")
-            per_image.append((name, rgb, t, positions, covered))
-        batch = np.concatenate([np.stack([model.normalize(tile) for tile in t]) for _, _, t, _, _ in per_image])
+
+        def prepare():  # tiling and normalising a large photo is real work: keep it off the event loop
+            per_image = []
+            for name, rgb in images:
+                t, positions, covered = tiles(rgb, model.size)
+                if len(t) > settings.max_tiles:
+                    raise HTTPException(413, f"{name}: {len(t)} tiles exceed the limit of {settings.max_tiles}")
+                per_image.append((name, rgb, t, positions, covered))
+            return per_image, np.concatenate([np.stack([model.normalize(x) for x in t]) for _, _, t, _, _ in per_image])
+
+        started = time.perf_counter()
+        per_image, batch = await run_in_threadpool(prepare)
+        metrics.stage.labels("preprocess").observe(time.perf_counter() - started)
         outputs = await state["batcher"].run(batch, ["real_logit", "mask_logits"])
         metrics.images.labels("/spot").inc(len(images))
         results, offset = [], 0
