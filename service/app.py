@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -77,6 +78,7 @@ class BodyLimit(BaseHTTPMiddleware):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    Image.MAX_IMAGE_PIXELS = None  # the service checks SPOT_MAX_PIXELS itself, with a clear message
     state: dict = {"model": None, "error": None, "batcher": None}
     metrics = Metrics()
 

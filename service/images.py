@@ -8,8 +8,6 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-Image.MAX_IMAGE_PIXELS = None  # we check the pixel count ourselves, with a clear message
-
 
 class BadImage(ValueError):
     """The bytes are not an image this service accepts; the message says why."""

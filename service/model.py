@@ -19,12 +19,9 @@ class ModelError(RuntimeError):
     """The model folder is missing, corrupt or cannot run as asked."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def file_sha256(path: Path) -> str:
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def choose_providers(setting: str) -> list[str]:
@@ -52,7 +49,7 @@ class ExportedModel:
             self.meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError as exc:
             raise ModelError(f"{meta_path} is not valid JSON: {exc}") from None
-        if _sha256(onnx_path) != self.meta.get("sha256"):
+        if file_sha256(onnx_path) != self.meta.get("sha256"):
             raise ModelError(f"{onnx_path} does not match the sha256 in model.json: corrupt or replaced")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)

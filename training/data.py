@@ -26,6 +26,8 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision.transforms import InterpolationMode, v2
 from tqdm import tqdm
 
+from service.images import to_rgb  # the service's conversion: training sees images as it will
+
 from .config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -38,20 +40,6 @@ def default_data_root() -> Path:
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SPOT_CACHE") or Path.home() / ".cache" / "spot-artifacts")
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode (greyscale, palette, alpha, CMYK, 16-bit) -> 8-bit RGB, EXIF orientation applied."""
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(img, dtype=np.float32)
-        scale = 256.0 if a.max(initial=0) > 255 else 1.0
-        img = Image.fromarray((a / scale).clip(0, 255).astype(np.uint8))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-    return img.convert("RGB")
 
 
 def decode(data: bytes, name: str, size: int | None = None) -> np.ndarray | None:

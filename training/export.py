@@ -4,7 +4,6 @@ MODEL_CARD.md. The export folder is the only link between training and the servi
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import subprocess
@@ -17,6 +16,8 @@ import torch
 from torch import nn
 
 from . import checkpoint
+from service.model import file_sha256
+
 from .card import render
 from .config import Config
 from .data import ImageArrayDataset, load_images, eval_transform
@@ -56,14 +57,6 @@ def git_commit() -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_discriminator(ckpt_path: Path) -> tuple[Discriminator, Config, dict]:
@@ -180,7 +173,7 @@ def export(
             for n in LAYERS
         },
         "mask_grid": shapes["mask_logits"][-1],
-        "sha256": sha256(onnx_path),
+        "sha256": file_sha256(onnx_path),
         "size_bytes": onnx_path.stat().st_size,
         "export_check": {"tolerance_scaled": TOLERANCE, **check},
         "training": {

@@ -17,8 +17,11 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.utils.data import DataLoader
 
+from service.images import to_rgb
+from service.preprocess import tiles
+
 from . import checkpoint
-from .data import IMAGE_SUFFIXES, ImageArrayDataset, eval_transform, load_images, to_rgb
+from .data import IMAGE_SUFFIXES, ImageArrayDataset, eval_transform, load_images
 from .loop import disc_size, make_pair
 from .networks import to_disc_input
 
@@ -66,19 +69,6 @@ def score_pairs(nets: dict, cfg, batches, drop_rate: float, seed: int = 0) -> di
     return out
 
 
-def tiles(image: np.ndarray, size: int) -> np.ndarray:
-    """HxWx3 uint8 -> [T, size, size, 3] tiles at half overlap covering the whole image (edges aligned)."""
-    h, w = image.shape[:2]
-    if min(h, w) < size:
-        scale = size / min(h, w)
-        image = np.asarray(Image.fromarray(image).resize((max(size, round(w * scale)), max(size, round(h * scale)))))
-        h, w = image.shape[:2]
-    step = size // 2
-    ys = sorted({*range(0, h - size + 1, step), h - size})
-    xs = sorted({*range(0, w - size + 1, step), w - size})
-    return np.stack([image[y : y + size, x : x + size] for y in ys for x in xs])
-
-
 def photo_false_alarms(disc, folder: Path, size: int, threshold: float = THRESHOLD) -> dict:
     """Per photo: mean tile artifact probability; a false alarm when it exceeds the threshold."""
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -86,7 +76,7 @@ def photo_false_alarms(disc, folder: Path, size: int, threshold: float = THRESHO
     for path in files:
         with Image.open(path) as im:
             image = np.asarray(to_rgb(im))
-        t = torch.from_numpy(tiles(image, size)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        t = torch.from_numpy(tiles(image, size)[0]).permute(0, 3, 1, 2).float() / 127.5 - 1
         probs = np.concatenate([artifact_probability(disc, t[i : i + 256])[0] for i in range(0, len(t), 256)])
         per_photo[str(path.relative_to(folder))] = {"tiles": len(t), "score": float(probs.mean())}
     scores = np.array([v["score"] for v in per_photo.values()])

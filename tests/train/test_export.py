@@ -11,7 +11,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from training.export import OUTPUTS, SpotExport, load_discriminator, real_batch, sha256
+from service.model import file_sha256
+from training.export import OUTPUTS, SpotExport, load_discriminator, real_batch
 
 from ..conftest import REPO, run_cli
 
@@ -42,7 +43,7 @@ def test_the_export_folder_holds_one_self_contained_model(exported):
 def test_model_json_describes_the_model(exported):
     folder = exported / "spot-tiny"
     meta = json.loads((folder / "model.json").read_text())
-    assert meta["sha256"] == sha256(folder / "model.onnx")
+    assert meta["sha256"] == file_sha256(folder / "model.onnx")
     assert meta["input"]["shape"] == [None, 3, 32, 32]
     assert meta["preprocessing"]["mean"] == [123.68, 116.78, 103.94]
     outputs = {o["name"]: o["shape"] for o in meta["outputs"]}

@@ -7,7 +7,8 @@ import torch
 from training.config import load_config
 from training.networks import build_networks
 from training.probe import ProbeSchedule, gap_closed, lr_at, probe
-from training.spot_eval import detection_metrics, tiles
+from service.preprocess import tiles
+from training.spot_eval import detection_metrics
 
 
 def test_probe_on_real_labels_beats_chance(data_root, cache_dir):
@@ -46,7 +47,7 @@ def test_detection_metrics_follow_cnndetection():
 @pytest.mark.parametrize("shape", [(64, 64), (100, 130), (20, 300)])
 def test_tiles_cover_the_whole_image(shape):
     image = np.random.default_rng(0).integers(0, 255, (*shape, 3), dtype=np.uint8)
-    t = tiles(image, 32)
+    t, _, _ = tiles(image, 32)
     assert t.shape[1:] == (32, 32, 3)
     if min(shape) >= 32:
         assert np.array_equal(t[0], image[:32, :32]) and np.array_equal(t[-1], image[-32:, -32:])
