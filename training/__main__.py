@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-data", required=True, help="labelled source spec the probes train on")
     p.add_argument("--test-data", required=True, help="labelled source spec they are tested on")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--limit", type=int, default=0, help="use only the first N images of each set (smoke runs)")
+    p.add_argument("--limit", type=int, default=0, help="use a seeded random N images of each set (smoke runs)")
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
     p = sub.add_parser(
         "spot-eval", help="artifact spotting: ROC-AUC/AP/accuracies per drop rate, mask AP, false alarms"

@@ -117,8 +117,9 @@ def probe(
     for role, spec in (("train", train_spec), ("test", test_spec)):
         data = load_images(spec, cfg.data.root or None, cfg.data.cache_dir or None, size)
         dataset = ImageArrayDataset(data, eval_transform(cfg.data, size))
-        if limit:
-            dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+        if limit:  # a seeded random subset: the archives are sorted by class, a prefix would hold a few
+            keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit]
+            dataset = torch.utils.data.Subset(dataset, keep.sort().values.tolist())
         sets[role] = (extract(disc, dataset, desc=f"features {spec}"), len(data.classes))
     (train_feats, train_y), classes = sets["train"]
     (test_feats, test_y), _ = sets["test"]
