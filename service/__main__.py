@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
         limit_concurrency=512,
         timeout_keep_alive=5,
         h11_max_incomplete_event_size=65536,
+        access_log=settings.access_log,
     )
 
 

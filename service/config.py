@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     allowed_formats: str = "JPEG,PNG,WEBP,GIF,BMP,TIFF"
     max_batch_size: int = 32  # images per ONNX Runtime run (1 = batching off)
     max_batch_delay_ms: float = 2.0  # how long a first request waits for others to join its batch
+    access_log: bool = True  # uvicorn's one line per request (benchmarks turn it off)
     api_key: str = ""  # when set, requests need "Authorization: Bearer <key>"
 
 

@@ -182,7 +182,7 @@ def test_odd_images_are_converted(client):
 
 
 def test_missing_or_corrupt_model_is_not_ready_with_a_clear_error(tmp_path, model_dir):
-    from .conftest import Server
+    from bench.server import Server
 
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -202,7 +202,7 @@ def test_missing_or_corrupt_model_is_not_ready_with_a_clear_error(tmp_path, mode
 def test_an_oversized_body_is_refused_before_it_is_read(model_dir):
     import httpx
 
-    from .conftest import Server
+    from bench.server import Server
 
     s = Server(model_dir, max_body_bytes="4096")
     try:
@@ -216,7 +216,7 @@ def test_an_oversized_body_is_refused_before_it_is_read(model_dir):
 def test_api_key_guards_inference(model_dir):
     import httpx
 
-    from .conftest import Server
+    from bench.server import Server
 
     s = Server(model_dir, api_key="s3cret")
     files = [("files", ("a.png", png_bytes(Image.new("RGB", (40, 40))), "image/png"))]
@@ -252,7 +252,7 @@ def test_concurrent_requests_are_batched_and_counted(model_dir):
 
     import httpx
 
-    from .conftest import Server
+    from bench.server import Server
 
     s = Server(model_dir, max_batch_delay_ms="20")
     data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
@@ -395,7 +395,7 @@ def test_animated_and_rotated_images_are_accepted(client, name, data):
 def test_a_required_gpu_that_is_missing_is_an_error_not_a_fallback(model_dir):
     import httpx
 
-    from .conftest import Server
+    from bench.server import Server
 
     s = Server(model_dir, providers="cuda", require_gpu="true")
     try:

@@ -8,7 +8,7 @@ import httpx
 import onnx
 
 from ..conftest import REPO
-from .conftest import Server
+from bench.server import Server
 
 SHIPPED = REPO / "models" / "spot-tiny64"
 

@@ -1,0 +1,125 @@
+"""Dynamic batching on vs off at N concurrent clients, one JPEG per request, measured in one run.
+
+    python -m bench.batching --model-dir models/spot-tiny64 --out bench/results/batching-tiny64.json
+
+For each model: the engine's own gain from batching (ONNX Runtime called directly at batch 1 and at
+max_batch_size, decoded input) bounds what a server can gain; then the same server with
+max_batch_size=32 and with max_batch_size=1, each under the same wrk load, and the mean batch size
+read back from its /metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+from prometheus_client.parser import text_string_to_metric_families
+
+from .load import jpeg_crops, write_bodies, wrk
+from .server import REPO, Server
+
+
+def hardware() -> dict:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "onnxruntime": ort.__version__,
+            "providers": ort.get_available_providers()}  # fmt: skip
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True)
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def engine_images_per_s(model_dir: Path, batch: int, seconds: float = 3.0) -> float:
+    """ONNX Runtime alone on random decoded input: the ceiling for any server of this model."""
+    meta = json.loads((model_dir / "model.json").read_text())
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    size = meta["preprocessing"]["input_size"]
+    x = np.random.default_rng(0).uniform(0, 255, (batch, 3, size, size)).astype(np.float32)
+    name = session.get_inputs()[0].name
+    session.run(None, {name: x})
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, {name: x})
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def batch_size_stats(url: str) -> dict:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+    runs = samples.get("spot_batch_size_count", 0)
+    return {"runs": int(runs), "mean_batch_size": samples.get("spot_batch_size_sum", 0) / runs if runs else 0.0}
+
+
+def serve_and_load(model_dir: Path, bodies: Path, route: str, clients: int, seconds: float, **env) -> dict:
+    server = Server(model_dir, ready="/readyz", access_log="false", **env)
+    try:
+        wrk(f"{server.url}{route}", bodies, clients, 2)  # warm-up, not counted
+        before = batch_size_stats(server.url)
+        result = wrk(f"{server.url}{route}", bodies, clients, seconds)
+        after = batch_size_stats(server.url)
+    finally:
+        server.stop()
+    runs = after["runs"] - before["runs"]
+    result["onnxruntime_runs"] = runs
+    result["images_per_run"] = result["requests"] / runs if runs else 0.0
+    return result
+
+
+def measure(model_dir: Path, photos: Path, clients: int, seconds: float, max_batch: int, route: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        bodies = write_bodies(jpeg_crops(photos), Path(tmp) / "bodies")
+        engine = {b: engine_images_per_s(model_dir, b) for b in (1, max_batch)}
+        on = serve_and_load(model_dir, bodies, route, clients, seconds, max_batch_size=str(max_batch))
+        off = serve_and_load(model_dir, bodies, route, clients, seconds, max_batch_size="1")
+    return {
+        "model_dir": str(model_dir),
+        "route": route,
+        "clients": clients,
+        "seconds": seconds,
+        "engine_images_per_s": {str(b): v for b, v in engine.items()},
+        "engine_batching_gain": engine[max_batch] / engine[1],
+        "batching_on": on,
+        "batching_off": off,
+        "service_batching_gain": on["req_per_s"] / off["req_per_s"],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", type=Path, nargs="+", default=[REPO / "models" / "spot-tiny64"])
+    p.add_argument("--photos", type=Path, default=REPO.parent / "shared" / "data" / "photos")
+    p.add_argument("--route", default="/features?layers=conv5&pool=avg")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--seconds", type=int, default=10)
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    report = {
+        "command": "python -m bench.batching " + " ".join(os.sys.argv[1:]),
+        "commit": commit(),
+        "hardware": hardware(),
+        "models": [
+            measure(m, args.photos, args.clients, args.seconds, args.max_batch_size, args.route) for m in args.model_dir
+        ],  # fmt: skip
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
