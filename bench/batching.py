@@ -59,7 +59,7 @@ def batch_size_stats(url: str) -> dict:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
     runs = samples.get("spot_batch_size_count", 0)
-    return {"runs": int(runs), "mean_batch_size": samples.get("spot_batch_size_sum", 0) / runs if runs else 0.0}
+    return {"runs": int(runs), "images": samples.get("spot_batch_size_sum", 0)}
 
 
 def serve_and_load(model_dir: Path, bodies: Path, route: str, clients: int, seconds: float, **env) -> dict:
@@ -71,15 +71,17 @@ def serve_and_load(model_dir: Path, bodies: Path, route: str, clients: int, seco
         after = batch_size_stats(server.url)
     finally:
         server.stop()
-    runs = after["runs"] - before["runs"]
+    runs, images = after["runs"] - before["runs"], after["images"] - before["images"]
     result["onnxruntime_runs"] = runs
-    result["images_per_run"] = result["requests"] / runs if runs else 0.0
+    result["images_per_run"] = images / runs if runs else 0.0
     return result
 
 
-def measure(model_dir: Path, photos: Path, clients: int, seconds: float, max_batch: int, route: str) -> dict:
+def measure(
+    model_dir: Path, photos: Path, clients: int, seconds: float, max_batch: int, route: str, per_request: int
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        bodies = write_bodies(jpeg_crops(photos), Path(tmp) / "bodies")
+        bodies = write_bodies(jpeg_crops(photos), Path(tmp) / "bodies", per_request)
         engine = {b: engine_images_per_s(model_dir, b) for b in (1, max_batch)}
         on = serve_and_load(model_dir, bodies, route, clients, seconds, max_batch_size=str(max_batch))
         off = serve_and_load(model_dir, bodies, route, clients, seconds, max_batch_size="1")
@@ -87,11 +89,13 @@ def measure(model_dir: Path, photos: Path, clients: int, seconds: float, max_bat
         "model_dir": str(model_dir),
         "route": route,
         "clients": clients,
+        "images_per_request": per_request,
         "seconds": seconds,
         "engine_images_per_s": {str(b): v for b, v in engine.items()},
         "engine_batching_gain": engine[max_batch] / engine[1],
         "batching_on": on,
         "batching_off": off,
+        "service_images_per_s": {"on": on["req_per_s"] * per_request, "off": off["req_per_s"] * per_request},
         "service_batching_gain": on["req_per_s"] / off["req_per_s"],
     }
 
@@ -104,6 +108,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--images-per-request", type=int, nargs="+", default=[1])
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     report = {
