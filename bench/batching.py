@@ -115,9 +115,11 @@ def main() -> None:
         "command": "python -m bench.batching " + " ".join(os.sys.argv[1:]),
         "commit": commit(),
         "hardware": hardware(),
-        "models": [
-            measure(m, args.photos, args.clients, args.seconds, args.max_batch_size, args.route) for m in args.model_dir
-        ],  # fmt: skip
+        "runs": [
+            measure(m, args.photos, args.clients, args.seconds, args.max_batch_size, args.route, k)
+            for m in args.model_dir
+            for k in args.images_per_request
+        ],
     }
     text = json.dumps(report, indent=2)
     print(text)
