@@ -100,6 +100,29 @@ def measure(
     }
 
 
+def markdown(report: dict) -> str:
+    """The report as a table: engine and service images/s, batching on vs off, in one run."""
+    hw = report["hardware"]
+    lines = [
+        f"Command: `{report['command']}` at commit `{report['commit']}`; {hw['cpu']}, {hw['cores']} cores,"
+        f" ONNX Runtime {hw['onnxruntime']}. {report['runs'][0]['clients']} wrk clients,"
+        f" {report['runs'][0]['seconds']} s per row, route `{report['runs'][0]['route']}`.",
+        "",
+        "| model | images/request | engine img/s b=1 | engine img/s b=max | engine gain | service img/s on"
+        " | service img/s off | service gain | images per run (on) | p99 ms on / off | non-2xx |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["runs"]:
+        (b1, bmax), on, off = r["engine_images_per_s"].values(), r["batching_on"], r["batching_off"]
+        lines.append(
+            f"| `{r['model_dir']}` | {r['images_per_request']} | {b1:.0f} | {bmax:.0f} | {r['engine_batching_gain']:.2f}"
+            f" | {r['service_images_per_s']['on']:.0f} | {r['service_images_per_s']['off']:.0f}"
+            f" | **{r['service_batching_gain']:.2f}** | {on['images_per_run']:.1f} | {on['p99_ms']:.0f} / {off['p99_ms']:.0f}"
+            f" | {on['non2xx'] + off['non2xx']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, nargs="+", default=[REPO / "models" / "spot-tiny64"])
@@ -109,7 +132,7 @@ def main() -> None:
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--images-per-request", type=int, nargs="+", default=[1])
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help="write the JSON here and the markdown table beside it (.md)")
     args = p.parse_args()
     report = {
         "command": "python -m bench.batching " + " ".join(os.sys.argv[1:]),
@@ -126,6 +149,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
+        args.out.with_suffix(".md").write_text(markdown(report))
 
 
 if __name__ == "__main__":
