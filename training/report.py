@@ -31,7 +31,7 @@ TABLES = [
         [("ours (shipped model)", "tiny64-ours-c10")],
     ),
     (
-        "CIFAR-10 test, ablations at a reduced cifar32 schedule (stage 2: 1,500 steps from one autoencoder)",
+        "CIFAR-10 test, ablations at a reduced cifar32 schedule (stage 2: 1,000 steps from one autoencoder)",
         "probe-cifar10-ablations.png",
         "c32-random-c10",
         "c32-supervised-c10",
