@@ -28,16 +28,24 @@ def run_probe(args) -> dict:
     import torch
 
     from .networks import build_networks
-    from .probe import ProbeSchedule, probe
+    from .probe import LAYERS, ProbeSchedule, onnx_features, probe, torch_features
 
     if args.checkpoint:
         nets, cfg, _ = checkpoint.load_networks(args.checkpoint)
-        source = str(args.checkpoint)
+        features, source = torch_features(nets["disc"]), str(args.checkpoint)
+    elif args.model:
+        meta = json.loads((args.model / "model.json").read_text())
+        cfg = load_config(meta["training"]["preset"])
+        features, source = onnx_features(args.model), f"onnx:{args.model}"
     else:
         cfg = load_config(args.random)
         torch.manual_seed(cfg.train.seed)
-        nets, source = build_networks(cfg.model), f"random:{args.random}"
-    results = probe(nets["disc"], cfg, args.train_data, args.test_data, ProbeSchedule(epochs=args.epochs), args.limit)
+        features, source = torch_features(build_networks(cfg.model)["disc"]), f"random:{args.random}"
+    layers = args.layers.split(",")
+    if unknown := set(layers) - set(LAYERS):
+        raise ValueError(f"unknown layers {sorted(unknown)}; valid: {', '.join(LAYERS)}")
+    schedule = ProbeSchedule(epochs=args.epochs)
+    results = probe(features, cfg, args.train_data, args.test_data, schedule, args.limit, layers)
     return {"model": source, "preset": cfg.preset, **results}
 
 
@@ -70,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("probe", help="linear probes on frozen conv1..conv5: top-1 per layer")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--checkpoint", type=Path, help="a trained run's checkpoint.pt")
+    who.add_argument("--model", type=Path, help="an exported model folder, run by ONNX Runtime")
     who.add_argument("--random", metavar="PRESET", help="a randomly initialised discriminator of this preset")
+    p.add_argument("--layers", default="conv1,conv2,conv3,conv4,conv5", help="comma-separated")
     p.add_argument("--train-data", required=True, help="labelled source spec the probes train on")
     p.add_argument("--test-data", required=True, help="labelled source spec they are tested on")
     p.add_argument("--epochs", type=int, default=10)

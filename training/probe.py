@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,14 +42,29 @@ class ProbeSchedule:
     seed: int = 0
 
 
-@torch.no_grad()
-def extract(disc: Discriminator, dataset, batch_size: int = 256, desc: str = "features") -> tuple[dict, np.ndarray]:
-    """{layer: float16 [N, dims]} probe-pooled features, and the labels."""
+FeatureFn = Callable[[torch.Tensor], list[torch.Tensor]]  # images in [-1, 1] -> [conv1..conv5 maps]
+
+
+def torch_features(disc: Discriminator) -> FeatureFn:
     disc.eval()
+    return lambda images: disc.forward_intermediates(to_disc_input(images))
+
+
+def onnx_features(model_dir: Path) -> FeatureFn:
+    """The exported model run by ONNX Runtime: the probe then measures exactly what the service serves."""
+    from service.model import ExportedModel
+
+    model = ExportedModel(model_dir, "cpu")
+    return lambda images: [torch.from_numpy(a) for a in model.run(to_disc_input(images).numpy(), LAYERS).values()]
+
+
+@torch.no_grad()
+def extract(features: FeatureFn, dataset, batch_size: int = 256, desc: str = "features") -> tuple[dict, np.ndarray]:
+    """{layer: float16 [N, dims]} probe-pooled features, and the labels."""
     feats: dict[str, list[np.ndarray]] = {n: [] for n in LAYERS}
     labels = []
     for images, y in tqdm(DataLoader(dataset, batch_size=batch_size), desc=desc, leave=False):
-        for name, f in zip(LAYERS, disc.forward_intermediates(to_disc_input(images))):
+        for name, f in zip(LAYERS, features(images)):
             g = probe_grid(f.shape[1], f.shape[-1])
             feats[name].append(F.adaptive_avg_pool2d(f, g).flatten(1).half().numpy())
         labels.append(y.numpy())
@@ -108,7 +125,13 @@ def train_linear(
 
 
 def probe(
-    disc: Discriminator, cfg: Config, train_spec: str, test_spec: str, schedule: ProbeSchedule, limit: int = 0
+    features: FeatureFn,
+    cfg: Config,
+    train_spec: str,
+    test_spec: str,
+    schedule: ProbeSchedule,
+    limit: int = 0,
+    layers: list[str] = LAYERS,
 ) -> dict:
     """Top-1 per layer of linear probes trained on `train_spec` labels and tested on `test_spec`."""
     size = cfg.model.image_size
@@ -120,11 +143,11 @@ def probe(
         if limit:  # a seeded random subset: the archives are sorted by class, a prefix would hold a few
             keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit]
             dataset = torch.utils.data.Subset(dataset, keep.sort().values.tolist())
-        sets[role] = (extract(disc, dataset, desc=f"features {spec}"), len(data.classes))
+        sets[role] = (extract(features, dataset, desc=f"features {spec}"), len(data.classes))
     (train_feats, train_y), classes = sets["train"]
     (test_feats, test_y), _ = sets["test"]
     top1 = {}
-    for layer in tqdm(LAYERS, desc="probes", leave=False):
+    for layer in tqdm(layers, desc="probes", leave=False):
         top1[layer] = train_linear(train_feats[layer], train_y, test_feats[layer], test_y, classes, schedule)
         log.info("%s top-1 %.4f", layer, top1[layer])
     return {
@@ -137,6 +160,7 @@ def probe(
         "schedule": schedule.__dict__,
         "top1": top1,
         "wall_time_s": round(time.time() - started, 1),
+        "summary": {f"probe_top1/{test_spec}/{layer}": round(v, 4) for layer, v in top1.items()},  # for model cards
     }
 
 

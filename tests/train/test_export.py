@@ -94,3 +94,25 @@ def test_evaluation_metrics_reach_model_json_and_the_card(exported, tmp_path):
     card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
     for name, value in meta["metrics"].items():
         assert f"| {name} | {value} |" in card
+
+
+def test_probe_of_the_onnx_export_equals_the_probe_of_its_checkpoint(exported):
+    """`probe --model` measures the served model itself, and agrees with the checkpoint's probe."""
+    common = ["--train-data", "cifar10-sample", "--test-data", "cifar10:test", "--limit", "1000", "--epochs", "2",
+              "--layers", "conv2,conv5"]  # fmt: skip
+    runs = {}
+    for who in (["--checkpoint", str(exported / "run" / "checkpoint.pt")], ["--model", str(exported / "spot-tiny")]):
+        result = run_cli("probe", *who, *common)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[who[0]] = json.loads(result.stdout)
+    torch_run, onnx_run = runs["--checkpoint"], runs["--model"]
+    assert onnx_run["model"].startswith("onnx:") and set(onnx_run["top1"]) == {"conv2", "conv5"}
+    for layer, acc in torch_run["top1"].items():
+        assert abs(onnx_run["top1"][layer] - acc) <= 0.002  # features equal within 1e-4: at most 2 of 1,000 flip
+    assert onnx_run["summary"] == {f"probe_top1/cifar10:test/{k}": round(v, 4) for k, v in onnx_run["top1"].items()}
+
+
+def test_probe_rejects_unknown_layers(exported):
+    result = run_cli("probe", "--model", str(exported / "spot-tiny"), "--train-data", "cifar10-sample",
+                     "--test-data", "cifar10:test", "--layers", "conv9")  # fmt: skip
+    assert result.returncode == 2 and "conv9" in result.stderr and "conv1" in result.stderr

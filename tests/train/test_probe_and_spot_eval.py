@@ -6,7 +6,7 @@ import torch
 
 from training.config import load_config
 from training.networks import build_networks
-from training.probe import ProbeSchedule, gap_closed, lr_at, probe
+from training.probe import ProbeSchedule, gap_closed, lr_at, probe, torch_features
 from service.preprocess import tiles
 from training.spot_eval import detection_metrics
 
@@ -15,7 +15,7 @@ def test_probe_on_real_labels_beats_chance(data_root, cache_dir):
     torch.manual_seed(0)
     cfg = load_config("tiny")
     disc = build_networks(cfg.model)["disc"]
-    result = probe(disc, cfg, "cifar10-sample", "cifar10:test", ProbeSchedule(epochs=4), limit=2000)
+    result = probe(torch_features(disc), cfg, "cifar10-sample", "cifar10:test", ProbeSchedule(epochs=4), limit=2000)
     assert result["classes"] == 10 and result["train_images"] == result["test_images"] == 2000
     assert set(result["top1"]) == {"conv1", "conv2", "conv3", "conv4", "conv5"}
     assert all(0.0 <= v <= 1.0 for v in result["top1"].values())
