@@ -94,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photos", type=Path, help="a folder of raw photographs scored per tile at full size")
     p.add_argument("--limit", type=int, default=0, help="score only the first N held-out images")
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
-    p = sub.add_parser("report", help="docs/results.md (tables + PNG plots) from the probe and spot-eval JSON files")
+    p = sub.add_parser(
+        "report", help="docs/results.md (tables + PNG plots) from the probe and spot-eval JSON files in --results"
+    )
     p.add_argument("--results", type=Path, default=Path("docs/results"))
     p.add_argument("--out", type=Path, default=Path("docs/results.md"))
-    p.add_argument("--spot-eval", type=Path, default=Path("docs/measurements/spot-eval-tiny64.json"))
     sub.add_parser("keys", help="list every config key")
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             from .report import write_report
 
-            write_report(args.results, args.out, args.spot_eval)
+            write_report(args.results, args.out)
             print(args.out)
         elif args.command == "keys":
             print("\n".join(valid_keys()))
