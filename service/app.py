@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -17,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from . import spot
-from .batcher import Batcher
+from .batcher import Batcher, QueueFull
 from .config import Settings, get_settings
 from .features import encode, normalize, pool
 from .images import BadImage, decode
@@ -91,7 +92,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             model.warm_up()
             state["model"] = model
             state["batcher"] = Batcher(
-                model, settings.max_batch_size, settings.max_batch_delay_ms, metrics.observe_batch
+                model,
+                settings.max_batch_size,
+                settings.max_batch_delay_ms,
+                metrics.observe_batch,
+                settings.max_queue_images,
             )
             state["batcher"].start()
             log.info("loaded %s %s on %s", model.name, model.version, model.provider)
@@ -125,6 +130,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def check_auth(request: Request) -> None:
         if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
             raise HTTPException(401, "missing or wrong API key (Authorization: Bearer <key>)")
+
+    async def infer(batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        """The batcher's answer, or a quick 503 when it is full and a 504 when it takes too long."""
+        try:
+            return await asyncio.wait_for(state["batcher"].run(batch, names), settings.request_timeout_s)
+        except QueueFull as exc:
+            raise HTTPException(503, f"overloaded: {exc}; retry shortly", headers={"Retry-After": "1"}) from None
+        except asyncio.TimeoutError:
+            raise HTTPException(504, f"no result within {settings.request_timeout_s} s") from None
 
     async def decoded_images(request: Request) -> tuple[list[tuple[str, np.ndarray]], dict]:
         files, body_params = await read_images(request, settings.max_files)
@@ -179,7 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         metrics.stage.labels("preprocess").observe(time.perf_counter() - started)
         started = time.perf_counter()
-        outputs = await state["batcher"].run(batch, p["layers"])
+        outputs = await infer(batch, p["layers"])
         metrics.images.labels("/features").inc(len(images))
         probe = model.meta["probe_pooling"]
         results = []
@@ -220,7 +234,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         started = time.perf_counter()
         per_image, batch = await run_in_threadpool(prepare)
         metrics.stage.labels("preprocess").observe(time.perf_counter() - started)
-        outputs = await state["batcher"].run(batch, ["real_logit", "mask_logits"])
+        outputs = await infer(batch, ["real_logit", "mask_logits"])
         metrics.images.labels("/spot").inc(len(images))
         results, offset = [], 0
         for name, rgb, t, positions, covered in per_image:
@@ -267,7 +281,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "model": model.name,
             "version": model.version,
             "provider": model.provider,
-            "threshold": 0.5,
+            "threshold": settings.threshold or float(model.meta.get("spot_threshold", 0.5)),
             "results": results,
         }
 

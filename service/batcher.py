@@ -25,9 +25,17 @@ class Job:
     queued_at: float = field(default_factory=time.perf_counter)
 
 
+class QueueFull(RuntimeError):
+    """More images are waiting than the service accepts: the client should retry later."""
+
+
 class Batcher:
-    def __init__(self, model: ExportedModel, max_batch_size: int, max_batch_delay_ms: float, observe=None):
+    def __init__(
+        self, model: ExportedModel, max_batch_size: int, max_batch_delay_ms: float, observe=None, max_queue: int = 0
+    ):
         self.model = model
+        self.max_queue = max_queue  # images waiting; 0 = unbounded
+        self.queued = 0
         self.max_batch_size = max(1, max_batch_size)
         self.delay = max(0.0, max_batch_delay_ms) / 1000
         self.observe = observe or (lambda **_: None)  # metrics hook: batch size, queue and inference time
@@ -45,9 +53,12 @@ class Batcher:
         self.executor.shutdown(wait=True)
 
     async def run(self, inputs: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        if self.max_queue and self.queued + len(inputs) > self.max_queue:
+            raise QueueFull(f"{self.queued} images are waiting (limit {self.max_queue})")
         job = Job(inputs, names, asyncio.get_running_loop().create_future())
+        self.queued += len(inputs)
         await self.queue.put(job)
-        return await job.future
+        return await job.future  # cancelled by a timeout: the job is dropped when its turn comes
 
     async def _collect(self) -> list[Job]:
         """The next batch: the first waiting job, plus more until full or the delay has passed."""
@@ -73,6 +84,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             jobs = await self._collect()
+            self.queued -= sum(len(j.inputs) for j in jobs)
             jobs = [j for j in jobs if not j.future.cancelled()]
             if not jobs:
                 continue

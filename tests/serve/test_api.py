@@ -403,3 +403,54 @@ def test_a_required_gpu_that_is_missing_is_an_error_not_a_fallback(model_dir):
         assert r.status_code == 503 and "GPU was required" in r.json()["error"]
     finally:
         s.stop()
+
+
+def test_overload_is_a_quick_503_with_retry_after_and_visible_in_metrics(model_dir):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from bench.server import Server
+
+    # a first request waits 300 ms for company; meanwhile only 12 images may queue
+    s = Server(model_dir, max_queue_images="12", max_batch_delay_ms="300", threshold="0.9")
+    data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
+
+    def post(_):
+        started = time.perf_counter()
+        r = c.post("/features", files=[("files", ("a.png", data, "image/png"))])
+        return r, time.perf_counter() - started
+
+    try:
+        with httpx.Client(base_url=s.url, timeout=30) as c, ThreadPoolExecutor(24) as pool:
+            answers = list(pool.map(post, range(24)))
+            codes = sorted(r.status_code for r, _ in answers)
+            assert 200 in codes and 503 in codes and set(codes) == {200, 503}, codes
+            for r, took in answers:
+                if r.status_code == 503:
+                    assert r.headers["retry-after"] == "1" and "overloaded" in r.json()["detail"]
+                    assert took < 0.25  # refused at once, not after the batch delay
+            assert c.get("/readyz").json()["ready"] is True
+            assert 'spot_requests_total{route="/features",status="503"}' in c.get("/metrics").text
+            r = c.post("/spot", files=[("files", ("a.png", data, "image/png"))])
+            assert r.status_code == 200 and r.json()["threshold"] == 0.9  # SPOT_THRESHOLD overrides the model's
+    finally:
+        s.stop()
+
+
+def test_a_request_waiting_too_long_is_a_504_and_the_server_goes_on(model_dir):
+    import httpx
+
+    from bench.server import Server
+
+    s = Server(model_dir, request_timeout_s="0.05", max_batch_delay_ms="400")
+    data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
+    try:
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            r = c.post("/features", files=[("files", ("a.png", data, "image/png"))])
+            assert r.status_code == 504 and "0.05 s" in r.json()["detail"]
+            assert c.get("/readyz").json()["ready"] is True
+            assert 'spot_requests_total{route="/features",status="504"} 1.0' in c.get("/metrics").text
+    finally:
+        s.stop()
