@@ -454,3 +454,35 @@ def test_a_request_waiting_too_long_is_a_504_and_the_server_goes_on(model_dir):
             assert 'spot_requests_total{route="/features",status="504"} 1.0' in c.get("/metrics").text
     finally:
         s.stop()
+
+
+def test_sigterm_lets_requests_in_flight_finish_then_exits_0(model_dir):
+    import signal
+    import threading
+    import time
+
+    import httpx
+
+    from bench.server import Server
+
+    s = Server(model_dir, max_batch_delay_ms="700")  # each request sits in the batcher for 0.7 s
+    data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
+    answers = []
+
+    def post():
+        answers.append(httpx.post(f"{s.url}/features", files=[("files", ("a.png", data, "image/png"))], timeout=30))
+
+    threads = [threading.Thread(target=post) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    s.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(30)
+    assert s.proc.wait(30) == 0
+    assert [r.status_code for r in answers] == [200] * 3
+    try:
+        httpx.get(f"{s.url}/healthz", timeout=2)
+        raise AssertionError("a stopped server still answered")
+    except httpx.ConnectError:
+        pass
