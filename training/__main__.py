@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--train-command", help="the training command(s) to record (default: the one the checkpoint recorded)"
     )
+    p.add_argument("--threshold", type=float, default=0.5, help="/spot's decision threshold on artifact_score")
     p = sub.add_parser("speed", help="training throughput (img/s) per stage: optimised vs plain fp32 eager")
     p.add_argument("--preset", choices=list_presets(), required=True)
     p.add_argument("--steps", type=int, default=20)
@@ -121,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             for path in args.metrics:
                 report = json.loads(path.read_text())
                 metrics.update(report.get("summary", {k: v for k, v in report.items() if isinstance(v, (int, float))}))
-            meta = export(args.checkpoint, args.out, args.name, args.version, metrics, args.train_command)
+            meta = export(
+                args.checkpoint, args.out, args.name, args.version, metrics, args.train_command, args.threshold
+            )
             print(json.dumps({"out": str(args.out), "sha256": meta["sha256"], "export_check": meta["export_check"]}))
         elif args.command == "speed":
             from .speed import measure

@@ -12,6 +12,17 @@ def _table(rows: list[tuple]) -> str:
     return "\n".join(lines)
 
 
+def wall_time(train: dict) -> str:
+    own, init = train["wall_time_s"], train.get("initialised_from")
+    if not init or init.get("ae_wall_time_s") is None:
+        return f"{own:.0f} s"
+    ae = init["ae_wall_time_s"]
+    return (
+        f"{own + ae:.0f} s in all: stage 1 ({init['ae_steps']} autoencoder steps) {ae:.0f} s in the run of"
+        f" `{init['checkpoint']}`, then {own:.0f} s here"
+    )
+
+
 def render(meta: dict) -> str:
     pre, train = meta["preprocessing"], meta["training"]
     outputs = _table(
@@ -38,12 +49,14 @@ real/artifact score and a drop-mask grid.
 ## Details
 - Created: {meta["created"]}
 - Preset: `{train["preset"]}`, data: `{train["data"]}`
-- Steps: {train["steps"]}; wall time: {train["wall_time_s"]:.0f} s; world size: {train.get("world_size", 1)}
+- Steps: {train["steps"]}; wall time: {wall_time(train)}; world size: {train.get("world_size", 1)}
 - Hardware: {train.get("hardware", "unknown")}
 - Training command: `{train.get("command", "unknown")}`
 - Commit: `{train["git_commit"]}`
 - Exported from: `{train["checkpoint"]}` with torch {train["torch_version"]}, opset {meta["opset"]}
 - `model.onnx` sha256: `{meta["sha256"]}` ({meta["size_bytes"]} bytes)
+
+`/spot` calls an image altered when its `artifact_score` exceeds {meta.get("spot_threshold", 0.5)} (`spot_threshold`).
 
 ## Input
 `{meta["input"]["name"]}` float32 {meta["input"]["shape"]}: RGB, pixel values 0..255 minus the mean

@@ -105,6 +105,22 @@ def real_batch(cfg: Config, count: int = 16) -> torch.Tensor:
     return to_disc_input(images)
 
 
+def init_provenance(cfg) -> dict | None:
+    """A run that took its autoencoder from another run: that stage's steps and wall time, read from the
+    other run's summary.jsonl, so a card's wall time can include stage 1."""
+    if not cfg.train.init_from:
+        return None
+    summary = Path(cfg.train.init_from).parent / "summary.jsonl"
+    stages = [json.loads(line) for line in summary.read_text().splitlines()] if summary.exists() else []
+    ae = next((s for s in stages if s["stage"] == "ae"), {})
+    return {
+        "checkpoint": cfg.train.init_from,
+        "networks": cfg.train.init_networks,
+        "ae_steps": ae.get("steps"),
+        "ae_wall_time_s": ae.get("wall_time_s"),
+    }
+
+
 def export(
     ckpt_path: Path,
     out_dir: Path,
@@ -112,6 +128,7 @@ def export(
     version: str = "1",
     metrics: dict | None = None,
     train_command: str | None = None,
+    threshold: float = 0.5,
 ) -> dict:
     """Write model.onnx, model.json and MODEL_CARD.md into `out_dir`; returns model.json's content."""
     disc, cfg, state = load_discriminator(Path(ckpt_path))
@@ -173,6 +190,7 @@ def export(
             for n in LAYERS
         },
         "mask_grid": shapes["mask_logits"][-1],
+        "spot_threshold": threshold,
         "sha256": file_sha256(onnx_path),
         "size_bytes": onnx_path.stat().st_size,
         "export_check": {"tolerance_scaled": TOLERANCE, **check},
@@ -182,6 +200,7 @@ def export(
             "data": cfg.data.train,
             "steps": {"stage": state["stage"], "step": state["step"], "completed": state["completed"]},
             "wall_time_s": float(state.get("wall_time", 0.0)),
+            "initialised_from": init_provenance(cfg),
             "world_size": int(state.get("world_size", 1)),
             "hardware": state.get("hardware", "unknown"),
             "command": train_command or state.get("command") or "unknown",

@@ -116,3 +116,22 @@ def test_probe_rejects_unknown_layers(exported):
     result = run_cli("probe", "--model", str(exported / "spot-tiny"), "--train-data", "cifar10-sample",
                      "--test-data", "cifar10:test", "--layers", "conv9")  # fmt: skip
     assert result.returncode == 2 and "conv9" in result.stderr and "conv1" in result.stderr
+
+
+def test_a_run_started_from_another_runs_autoencoder_counts_its_stage_1_time(exported, tmp_path):
+    first = exported / "run"
+    cmd = [sys.executable, "-m", "training", "train", "--run-dir", str(tmp_path / "run"), "--preset", "tiny",
+           "--no-progress", "--stages=spot", "--spot_steps=3", f"--init_from={first / 'checkpoint.pt'}"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("export", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--out", str(tmp_path / "m"),
+                     "--threshold", "0.7")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    stage1 = next(json.loads(line) for line in (first / "summary.jsonl").read_text().splitlines())
+    init = meta["training"]["initialised_from"]
+    assert init["ae_steps"] == stage1["steps"] == 10 and init["ae_wall_time_s"] == stage1["wall_time_s"]
+    card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
+    total = meta["training"]["wall_time_s"] + stage1["wall_time_s"]
+    assert f"{total:.0f} s in all: stage 1 (10 autoencoder steps)" in card
+    assert meta["spot_threshold"] == 0.7 and "exceeds 0.7" in card
