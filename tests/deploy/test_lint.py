@@ -1,0 +1,146 @@
+"""Dockerfiles, shell scripts, docker-compose.yml and the Kubernetes manifests pass their linters and
+schemas with no finding; each check is also shown to fail on a broken file, so a pass means something."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from service.config import Settings
+
+from ..conftest import REPO
+from .conftest import run_tool
+
+DOCKERFILES = sorted(str(p.relative_to(REPO)) for p in (REPO / "docker").glob("Dockerfile*"))
+SCRIPTS = sorted(str(p.relative_to(REPO)) for p in (REPO / "docker").glob("*.sh"))
+MANIFESTS = sorted(str(p.relative_to(REPO)) for p in (REPO / "deploy" / "k8s").glob("*.yaml"))
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def assert_clean(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_there_are_three_dockerfiles_and_manifests():
+    assert DOCKERFILES == ["docker/Dockerfile", "docker/Dockerfile.gpu", "docker/Dockerfile.train"]
+    assert MANIFESTS and SCRIPTS
+
+
+def test_hadolint_finds_nothing_in_the_dockerfiles():
+    result = run_tool("hadolint", "--failure-threshold", "style", *DOCKERFILES)
+    assert_clean(result)
+    assert result.stdout.strip() == ""
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:3.11-slim\nRUN pip install fastapi\nRUN cd /app\n")
+    result = run_tool("hadolint", "--failure-threshold", "style", str(bad))
+    assert result.returncode != 0 and "DL3013" in result.stdout and "DL3003" in result.stdout
+
+
+def test_shellcheck_finds_nothing_in_the_scripts():
+    assert_clean(run_tool("shellcheck", *SCRIPTS))
+
+
+def test_compose_file_matches_the_compose_spec_schema():
+    assert_clean(run_tool("check-jsonschema", "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"))
+
+
+def test_compose_schema_check_catches_a_typo(tmp_path):
+    bad = tmp_path / "docker-compose.yml"
+    bad.write_text((REPO / "docker-compose.yml").read_text().replace("    environment:", "    enviroment:"))
+    result = run_tool("check-jsonschema", "--builtin-schema", "vendor.compose-spec", str(bad))
+    assert result.returncode != 0 and "enviroment" in result.stdout
+
+
+def test_compose_cpu_by_default_gpu_and_prometheus_as_profiles():
+    services = COMPOSE["services"]
+    assert "profiles" not in services["spot"] and services["spot"]["build"]["dockerfile"] == "docker/Dockerfile"
+    gpu = services["spot-gpu"]
+    assert gpu["profiles"] == ["gpu"] and gpu["build"]["dockerfile"] == "docker/Dockerfile.gpu"
+    assert gpu["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    ]
+    assert services["prometheus"]["profiles"] == ["prometheus"]
+    for name in ("spot", "spot-gpu", "prometheus"):
+        assert services[name]["restart"] == "unless-stopped" and services[name]["healthcheck"]["test"]
+    assert "/readyz" in " ".join(services["spot"]["healthcheck"]["test"])
+
+
+def test_compose_passes_every_service_setting():
+    """A setting added to service/config.py must be settable through docker-compose.yml too."""
+    settings = {f"SPOT_{name.upper()}" for name in Settings.model_fields}
+    for name in ("spot", "spot-gpu"):
+        missing = settings - set(COMPOSE["services"][name]["environment"])
+        assert not missing, f"add {sorted(missing)} to x-settings in docker-compose.yml"
+
+
+def test_prometheus_scrapes_the_compose_services():
+    config = yaml.safe_load((REPO / "docker" / "prometheus.yml").read_text())
+    job = config["scrape_configs"][0]
+    targets = [t for group in job["static_configs"] for t in group["targets"]]
+    assert job["metrics_path"] == "/metrics" and targets == ["spot:8000", "spot-gpu:8000"]
+    mounted = COMPOSE["services"]["prometheus"]["volumes"][0]
+    assert mounted.startswith("./docker/prometheus.yml:/etc/prometheus/prometheus.yml")
+
+
+@pytest.mark.parametrize("version", ["1.33.0", "1.37.0"])
+def test_kubernetes_manifests_match_the_api_schemas(version):
+    assert_clean(run_tool("kubernetes-validate", "--strict", "--quiet", "-k", version, *MANIFESTS))
+
+
+def test_kubernetes_validate_catches_a_typo(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "deploy/k8s/service-cpu.yaml").read_text().replace("readinessProbe", "readinesProbe"))
+    result = run_tool("kubernetes-validate", "--strict", "--quiet", str(bad))
+    assert result.returncode != 0 and "readinesProbe" in result.stdout + result.stderr
+
+
+def test_kubernetes_deployments_probe_health_and_readiness():
+    docs = [d for m in MANIFESTS for d in yaml.safe_load_all((REPO / m).read_text())]
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert set(deployments) == {"spot-artifacts", "spot-artifacts-gpu"}
+    for d in deployments.values():
+        pod = d["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert pod["securityContext"]["runAsNonRoot"] is True
+    gpu = deployments["spot-artifacts-gpu"]["spec"]["template"]["spec"]["containers"][0]
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"name": "SPOT_REQUIRE_GPU", "value": "true"} in gpu["env"]
+    hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "spot-artifacts"
+
+
+def test_gpu_requirements_swap_onnxruntime_for_the_same_gpu_version():
+    lines = subprocess.run(
+        [sys.executable, "docker/requirements.py", "serve", "--gpu"], cwd=REPO, capture_output=True, text=True
+    ).stdout.split()
+    pinned = re.search(r'"onnxruntime==([\d.]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    assert f"onnxruntime-gpu=={pinned}" in lines
+    assert not [x for x in lines if x.startswith("onnxruntime==")]
+    assert "fastapi" in " ".join(lines) and "torch" not in " ".join(lines)
+
+
+def test_dockerignore_keeps_out_the_heavy_folders_but_not_what_the_images_copy():
+    ignored = set((REPO / ".dockerignore").read_text().split())
+    assert {".git", ".venv", "runs", "tests", "docs"} <= ignored
+    for dockerfile in DOCKERFILES:
+        for line in (REPO / dockerfile).read_text().splitlines():
+            if line.startswith("COPY "):
+                for source in line.split()[1:-1]:
+                    assert source.rstrip("/").split("/")[0] not in ignored, f"{dockerfile}: {source} is ignored"
+                    assert (REPO / source).exists(), f"{dockerfile}: {source} is missing"
+
+
+def test_compose_build_bases_default_to_the_dockerfiles_pins():
+    for service, dockerfile in (("spot", "Dockerfile"), ("spot-gpu", "Dockerfile.gpu")):
+        pinned = re.search(r"^ARG BASE=(\S+)$", (REPO / "docker" / dockerfile).read_text(), re.M).group(1)
+        default = re.fullmatch(r"\$\{\w+:-(.+)\}", COMPOSE["services"][service]["build"]["args"]["BASE"]).group(1)
+        assert default == pinned, f"{service}: compose builds on {default}, the Dockerfile pins {pinned}"
