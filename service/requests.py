@@ -66,6 +66,8 @@ async def read_images(request: Request, max_files: int) -> tuple[list[tuple[str,
             body = JsonImages.model_validate(json.loads(await request.body()))
         except json.JSONDecodeError as exc:
             raise HTTPException(400, f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise HTTPException(400, "body is JSON nested too deeply") from None
         except ValidationError as exc:
             raise HTTPException(422, exc.errors(include_url=False, include_context=False)) from None
         if len(body.images) > max_files:
