@@ -64,7 +64,7 @@ async def read_images(request: Request, max_files: int) -> tuple[list[tuple[str,
     if content_type.startswith("application/json"):
         try:
             body = JsonImages.model_validate(json.loads(await request.body()))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise HTTPException(400, f"body is not valid JSON: {exc}") from None
         except RecursionError:
             raise HTTPException(400, "body is JSON nested too deeply") from None

@@ -365,6 +365,7 @@ CORPUS = [
     ("unknown heatmap format", "/spot", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": {"heatmap": "gif"}}, 422, "overlay"),
     ("too many tiles", "/spot", {"files": [("files", ("big.png", _bits(Image.new("RGB", (1200, 1200)), "PNG"), "image/png"))]}, 413, "tiles exceed"),
     ("chunked body without length", "/features", {"content": iter([GOOD]), "headers": {"content-type": "application/json"}}, 411, "Content-Length"),
+    ("json body not utf-8", "/spot", {"content": b"\xb8\x00{", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
     ("deeply nested json", "/features", {"content": b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "headers": {"content-type": "application/json"}}, 400, "nested too deeply"),
     ("many multipart text fields", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))] + [(f"f{i}", (None, b"x")) for i in range(100)]}, 400, "Too many fields"),
     ("path traversal in a file name", "/spot", {"files": [("files", ("../../etc/passwd", b"root:x:0:0", "image/png"))]}, 400, "../../etc/passwd"),
