@@ -34,7 +34,8 @@ def jpeg_crops(photos: Path, count: int = 200, size: int = 64, seed: int = 0) ->
 
 
 def write_bodies(images: list[bytes], folder: Path, per_request: int = 1) -> Path:
-    """Multipart bodies (field `files`) for wrk, and the list.txt multipart.lua reads."""
+    """Multipart bodies (field `files`) for wrk, and the list.txt multipart.lua reads. An entry may be
+    anything, an invalid image included."""
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for k in range(len(images)):
@@ -53,15 +54,16 @@ def write_bodies(images: list[bytes], folder: Path, per_request: int = 1) -> Pat
     return folder
 
 
-def wrk(url: str, bodies: Path, clients: int, seconds: float) -> dict:
-    """One bounded wrk run; requests/s and latency percentiles."""
+def wrk(url: str, bodies: Path, clients: int, seconds: float, paths: list[str] = ()) -> dict:
+    """One bounded wrk run (rotating through `paths` on `url`'s host when given); requests/s and latency
+    percentiles."""
     exe = shutil.which("wrk")
     if not exe:
         raise RuntimeError("wrk is missing: apt-get install wrk")
     if not url.startswith("http://127.0.0.1:"):
         raise ValueError("benchmarks only talk to 127.0.0.1")
     cmd = [exe, "-t1", f"-c{clients}", f"-d{int(seconds)}s", "--timeout", "10s", "-s", str(HERE / "multipart.lua"), url]
-    env = {"BODIES": str(bodies), "BOUNDARY": BOUNDARY, "PATH": "/usr/bin:/bin"}
+    env = {"BODIES": str(bodies), "BOUNDARY": BOUNDARY, "PATH": "/usr/bin:/bin", "PATHS": ";".join(paths)}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("WRK_JSON "))
     result = json.loads(line.removeprefix("WRK_JSON "))

@@ -1,17 +1,23 @@
 -- wrk script: each request POSTs one prepared multipart body, rotating through the files that
--- $BODIES/list.txt names; done() prints one JSON line with counts and latency percentiles.
-local bodies, i = {}, 0
+-- $BODIES/list.txt names and, when $PATHS is set (";"-separated), through those paths too;
+-- done() prints one JSON line with counts and latency percentiles.
+local bodies, paths, i = {}, {}, 0
 for line in io.lines(os.getenv("BODIES") .. "/list.txt") do
   local f = io.open(line, "rb")
   table.insert(bodies, f:read("*a"))
   f:close()
 end
+for p in string.gmatch(os.getenv("PATHS") or "", "[^;]+") do
+  table.insert(paths, p)
+end
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. os.getenv("BOUNDARY")
 
 request = function()
-  i = i % #bodies + 1
-  return wrk.format(nil, nil, nil, bodies[i])
+  i = i + 1
+  local path = nil
+  if #paths > 0 then path = paths[i % #paths + 1] end
+  return wrk.format(nil, path, nil, bodies[i % #bodies + 1])
 end
 
 done = function(summary, latency, requests)

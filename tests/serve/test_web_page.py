@@ -17,7 +17,7 @@ SCREENSHOT_DIR = REPO / "runs" / "screenshots"
 @pytest.fixture(scope="module")
 def browser():
     if not (CHROMIUM and CHROMEDRIVER):
-        if os.environ.get("SPOT_REQUIRE_BROWSER"):  # CI installs chromium: there a missing browser is a failure
+        if os.environ.get("SPOT_REQUIRE_TOOLS"):  # CI installs chromium: there a missing browser is a failure
             pytest.fail("chromium/chromedriver missing: apt-get install chromium chromium-driver")
         pytest.skip("chromium/chromedriver not installed (apt-get install chromium chromium-driver)")
     from selenium import webdriver
