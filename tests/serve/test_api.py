@@ -224,8 +224,10 @@ def test_api_key_guards_inference(model_dir):
         assert httpx.post(f"{s.url}/features", files=files).status_code == 401
         bad = httpx.post(f"{s.url}/spot", files=files, headers={"Authorization": "Bearer nope"})
         assert bad.status_code == 401 and "API key" in bad.json()["detail"]
+        assert "spot_images_total{" not in httpx.get(f"{s.url}/metrics").text  # nothing was decoded or run
         good = httpx.post(f"{s.url}/features", files=files, headers={"Authorization": "Bearer s3cret"})
         assert good.status_code == 200
+        assert 'spot_images_total{route="/features"} 1.0' in httpx.get(f"{s.url}/metrics").text
         assert httpx.get(f"{s.url}/healthz").status_code == 200  # health stays open for probes
     finally:
         s.stop()
