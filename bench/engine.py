@@ -1,0 +1,169 @@
+"""The engine limit: the exported model in ONNX Runtime called directly over a batch-size sweep (decoded
+input, and with the service's own JPEG decode + crop + resize + normalise in the loop), beside the same
+architecture in PyTorch eager (fp32 and bf16 autocast), FLOPs per image from the ONNX graph, and the
+fraction of this CPU's measured matmul peak that each reaches.
+
+    python -m bench.engine --model-dir models/spot-tiny64 --out bench/results/engine.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from service.images import decode
+from service.model import ExportedModel
+from service.preprocess import centre_view
+
+from .batching import commit, hardware
+from .load import jpeg_crops
+from .server import REPO
+
+BATCHES = (1, 4, 16, 64, 256)
+
+
+def macs_per_image(onnx_path: Path) -> int:
+    """Multiply-accumulates of the Conv and Gemm/MatMul nodes for one image (shape inference at batch 1)."""
+    model = onnx.load(str(onnx_path))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    model = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.value_info}
+    shapes.update({v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.output})
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}
+    macs = 0
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            out, w = shapes[node.output[0]], weights[node.input[1]]  # w: [Cout, Cin / groups, kh, kw]
+            macs += int(np.prod(out[1:])) * int(np.prod(w[1:]))
+        elif node.op_type in ("Gemm", "MatMul") and node.input[1] in weights:
+            macs += int(np.prod(weights[node.input[1]]))
+    return macs
+
+
+def timed(fn, items_per_call: int, seconds: float) -> float:
+    """Items per second of `fn` over at least `seconds` (and 3 calls), after 2 warm-up calls."""
+    fn(), fn()
+    calls, start = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+    return calls * items_per_call / (time.perf_counter() - start)
+
+
+def matmul_peak_gflops(seconds: float = 2.0) -> float:
+    """fp32 GFLOP/s of a large matrix product: the practical peak this CPU reaches (all cores)."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    return timed(lambda: a @ b, 2 * 2048**3, seconds) / 1e9
+
+
+def onnxruntime_rows(model: ExportedModel, jpegs: list[bytes], seconds: float) -> dict:
+    rows = {"onnxruntime": {}, "onnxruntime_with_decode": {}}
+    rng = np.random.default_rng(0)
+    for b in BATCHES:
+        x = rng.uniform(-120, 130, (b, 3, model.size, model.size)).astype(np.float32)
+        rows["onnxruntime"][b] = timed(lambda: model.run(x), b, seconds)
+        chunk = [jpegs[i % len(jpegs)] for i in range(b)]
+
+        def decode_and_run():
+            rgbs = [decode(data, "x.jpg", 50_000_000, {"JPEG"}) for data in chunk]
+            batch = np.stack([model.normalize(centre_view(rgb, model.size, model.crop_fraction)) for rgb in rgbs])
+            model.run(batch)
+
+        rows["onnxruntime_with_decode"][b] = timed(decode_and_run, b, seconds)
+    return rows
+
+
+def pytorch_rows(meta: dict, seconds: float) -> dict:
+    """The same architecture (random weights: speed does not depend on them) in PyTorch eager."""
+    import torch
+
+    from training.config import Config
+    from training.networks import build_networks
+
+    disc = build_networks(Config.from_dict(meta["training"]["config"]).model)["disc"].eval()
+    size = meta["preprocessing"]["input_size"]
+    rows = {"pytorch_fp32": {}, "pytorch_bf16": {}}
+    for b in BATCHES:
+        x = torch.randn(b, 3, size, size) * 60
+        with torch.inference_mode():
+            rows["pytorch_fp32"][b] = timed(lambda: disc.forward_intermediates(x), b, seconds)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                rows["pytorch_bf16"][b] = timed(lambda: disc.forward_intermediates(x), b, seconds)
+    return rows
+
+
+def markdown(report: dict) -> str:
+    hw, flop = report["hardware"], 2 * report["macs_per_image"]
+    lines = [
+        f"Command: `{report['command']}` at commit `{report['commit']}`; {hw['cpu']}, {hw['cores']} cores,"
+        f" ONNX Runtime {hw['onnxruntime']}. Model `{report['model_dir']}`: {flop / 1e6:.1f} MFLOP per image"
+        f" (Conv + Gemm multiply-adds x 2, from the ONNX graph). Peak: {report['peak_gflops']:.0f} GFLOP/s, an"
+        " fp32 2048x2048 matrix product in PyTorch on all cores (the practical peak, not the data-sheet one).",
+        "",
+        "| batch | " + " | ".join(report["rows"]) + " | ONNX Runtime / PyTorch fp32 | ONNX Runtime % of peak |",
+        "|---|" + "---|" * (len(report["rows"]) + 2),
+    ]
+    for b in BATCHES:
+        cells = [f"{report['rows'][k][str(b)]:.0f}" for k in report["rows"]]
+        ort_rate = report["rows"]["onnxruntime"][str(b)]
+        ratio = ort_rate / report["rows"]["pytorch_fp32"][str(b)]
+        util = 100 * ort_rate * flop / 1e9 / report["peak_gflops"]
+        lines.append(f"| {b} | " + " | ".join(cells) + f" | {ratio:.2f} | {util:.0f}% |")
+    return "\n".join(lines) + "\n\nImages per second.\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, row in report["rows"].items():
+        ax.plot([int(b) for b in row], list(row.values()), "o-", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s")
+    ax.set_title(f"engine limit: {report['model_dir']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", type=Path, default=REPO / "models" / "spot-tiny64")
+    p.add_argument("--photos", type=Path, default=REPO.parent / "shared" / "data" / "photos")
+    p.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    p.add_argument("--out", type=Path, help="JSON here; the markdown table (.md) and plot (.png) beside it")
+    args = p.parse_args()
+    model = ExportedModel(args.model_dir, "cpu")
+    rows = onnxruntime_rows(model, jpeg_crops(args.photos, count=256, size=96), args.seconds)
+    rows.update(pytorch_rows(model.meta, args.seconds))
+    report = {
+        "command": "python -m bench.engine " + " ".join(__import__("sys").argv[1:]),
+        "commit": commit(),
+        "hardware": hardware(),
+        "model_dir": str(args.model_dir.relative_to(REPO) if args.model_dir.is_relative_to(REPO) else args.model_dir),
+        "macs_per_image": macs_per_image(args.model_dir / "model.onnx"),
+        "peak_gflops": matmul_peak_gflops(),
+        "rows": {k: {str(b): v for b, v in row.items()} for k, row in rows.items()},
+    }
+    print(markdown(report))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(report))
+        plot(report, args.out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
