@@ -33,7 +33,7 @@ def jpeg_crops(photos: Path, count: int = 200, size: int = 64, seed: int = 0) ->
     return out
 
 
-def write_bodies(images: list[bytes], folder: Path, per_request: int = 1) -> Path:
+def write_bodies(images: list[bytes], folder: Path, per_request: int = 1, field: str = "files") -> Path:
     """Multipart bodies (field `files`) for wrk, and the list.txt multipart.lua reads. An entry may be
     anything, an invalid image included."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,7 @@ def write_bodies(images: list[bytes], folder: Path, per_request: int = 1) -> Pat
     for k in range(len(images)):
         parts = [images[(k + j) % len(images)] for j in range(per_request)]
         body = b"".join(
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="{k}-{j}.jpg"\r\n'
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="{k}-{j}.jpg"\r\n'
             f"Content-Type: image/jpeg\r\n\r\n".encode()
             + data
             + b"\r\n"

@@ -1,0 +1,141 @@
+"""Ours against the peer users would pick instead: the same model and work (one JPEG per request, conv5
+average-pooled features back as JSON) behind our service and behind BentoML with adaptive batching
+(`bench/peer_bentoml.py`), the same wrk load over a concurrency sweep, in one run.
+
+    python -m bench.peer --out bench/results/peer.json   # needs .venv-bentoml (bench/README.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from .batching import commit, hardware
+from .load import jpeg_crops, write_bodies, wrk
+from .server import REPO, Server, free_port
+
+OURS_ROUTE = "/features?layers=conv5&pool=avg"
+
+
+class BentoServer:
+    def __init__(self, venv: Path, model_dir: Path, timeout: float = 120):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()
+        cmd = [str(venv / "bin" / "bentoml"), "serve", "bench.peer_bentoml:SpotFeatures", "--host", "127.0.0.1",
+               "--port", str(self.port)]  # fmt: skip
+        env = dict(os.environ, SPOT_MODEL_DIR=str(model_dir))
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        self.log.seek(0)
+        raise RuntimeError(f"BentoML did not start: {self.log.read().decode()[-2000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def same_answer(ours_url: str, bento_url: str, jpeg: bytes) -> float:
+    """Max abs difference of the conv5 features both servers return for one image (they do the same work)."""
+    a = httpx.post(f"{ours_url}{OURS_ROUTE}", files=[("files", ("a.jpg", jpeg, "image/jpeg"))], timeout=30).json()
+    b = httpx.post(f"{bento_url}/features", files=[("images", ("a.jpg", jpeg, "image/jpeg"))], timeout=30).json()
+    return float(np.abs(np.array(a["results"][0]["features"]["conv5"]["values"]) - np.array(b[0]["conv5"])).max())
+
+
+def sweep(url: str, bodies: Path, clients: list[int], seconds: int) -> dict:
+    out = {}
+    for c in clients:
+        wrk(url, bodies, c, 2)  # warm-up
+        out[str(c)] = wrk(url, bodies, c, seconds)
+    return out
+
+
+def markdown(report: dict) -> str:
+    hw = report["hardware"]
+    lines = [
+        f"Command: `{report['command']}` at commit `{report['commit']}`; {hw['cpu']}, {hw['cores']} cores. Model"
+        f" `{report['model_dir']}`, one {report['image_px']} px JPEG per request, conv5 average-pooled features"
+        f" as JSON; both answers agree within {report['max_abs_diff']:.1e}. {report['seconds']} s per cell after a"
+        " 2 s warm-up; req/s (p99 ms).",
+        "",
+        "| clients | ours (batching on) | BentoML (adaptive batching) | ours / BentoML |",
+        "|---|---|---|---|",
+    ]
+    for c, ours in report["ours"].items():
+        bento = report["bentoml"][c]
+        lines.append(
+            f"| {c} | {ours['req_per_s']:.0f} ({ours['p99_ms']:.0f}) | {bento['req_per_s']:.0f} ({bento['p99_ms']:.0f})"
+            f" | **{ours['req_per_s'] / bento['req_per_s']:.2f}** |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", type=Path, default=REPO / "models" / "spot-tiny64")
+    p.add_argument("--photos", type=Path, default=REPO.parent / "shared" / "data" / "photos")
+    p.add_argument("--bentoml-venv", type=Path, default=REPO / ".venv-bentoml")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--seconds", type=int, default=10)
+    p.add_argument("--image-px", type=int, default=64)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    jpegs = jpeg_crops(args.photos, size=args.image_px)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours_bodies = write_bodies(jpegs, Path(tmp) / "ours")
+        bento_bodies = write_bodies(jpegs, Path(tmp) / "bento", field="images")
+        ours = Server(args.model_dir, ready="/readyz", access_log="false")
+        bento = BentoServer(args.bentoml_venv, args.model_dir)
+        try:
+            diff = same_answer(ours.url, bento.url, jpegs[0])
+        finally:
+            bento.stop()
+        try:
+            ours_rows = sweep(f"{ours.url}{OURS_ROUTE}", ours_bodies, args.clients, args.seconds)
+        finally:
+            ours.stop()
+        bento = BentoServer(args.bentoml_venv, args.model_dir)
+        try:
+            bento_rows = sweep(f"{bento.url}/features", bento_bodies, args.clients, args.seconds)
+        finally:
+            bento.stop()
+    report = {
+        "command": "python -m bench.peer " + " ".join(sys.argv[1:]),
+        "commit": commit(),
+        "hardware": hardware(),
+        "model_dir": str(args.model_dir),
+        "image_px": args.image_px,
+        "seconds": args.seconds,
+        "max_abs_diff": diff,
+        "ours": ours_rows,
+        "bentoml": bento_rows,
+    }
+    print(markdown(report))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
