@@ -41,6 +41,7 @@ TABLES = [
             ("drop rate 0.3", "c32-drop0.3-c10"),
             ("repair network off", "c32-no-repair-c10"),
             ("mask head off", "c32-no-mask-c10"),
+            ("the authors' code: L_C in the repair loss", "c32-code-quirk-c10"),
         ],
     ),
 ]
