@@ -105,17 +105,17 @@ def markdown(report: dict) -> str:
     hw = report["hardware"]
     lines = [
         f"Command: `{report['command']}` at commit `{report['commit']}`; {hw['cpu']}, {hw['cores']} cores,"
-        f" ONNX Runtime {hw['onnxruntime']}. {report['runs'][0]['clients']} wrk clients,"
-        f" {report['runs'][0]['seconds']} s per row, route `{report['runs'][0]['route']}`.",
+        f" ONNX Runtime {hw['onnxruntime']}. {report['runs'][0]['seconds']} s per row,"
+        f" route `{report['runs'][0]['route']}`.",
         "",
-        "| model | images/request | engine img/s b=1 | engine img/s b=max | engine gain | service img/s on"
+        "| model | clients | images/request | engine img/s b=1 | engine img/s b=max | engine gain | service img/s on"
         " | service img/s off | service gain | images per run (on) | p99 ms on / off | non-2xx |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
         (b1, bmax), on, off = r["engine_images_per_s"].values(), r["batching_on"], r["batching_off"]
         lines.append(
-            f"| `{r['model_dir']}` | {r['images_per_request']} | {b1:.0f} | {bmax:.0f} | {r['engine_batching_gain']:.2f}"
+            f"| `{r['model_dir']}` | {r['clients']} | {r['images_per_request']} | {b1:.0f} | {bmax:.0f} | {r['engine_batching_gain']:.2f}"
             f" | {r['service_images_per_s']['on']:.0f} | {r['service_images_per_s']['off']:.0f}"
             f" | **{r['service_batching_gain']:.2f}** | {on['images_per_run']:.1f} | {on['p99_ms']:.0f} / {off['p99_ms']:.0f}"
             f" | {on['non2xx'] + off['non2xx']} |"
@@ -128,7 +128,7 @@ def main() -> None:
     p.add_argument("--model-dir", type=Path, nargs="+", default=[REPO / "models" / "spot-tiny64"])
     p.add_argument("--photos", type=Path, default=REPO.parent / "shared" / "data" / "photos")
     p.add_argument("--route", default="/features?layers=conv5&pool=avg")
-    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--clients", type=int, nargs="+", default=[16])
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--images-per-request", type=int, nargs="+", default=[1])
@@ -139,9 +139,10 @@ def main() -> None:
         "commit": commit(),
         "hardware": hardware(),
         "runs": [
-            measure(m, args.photos, args.clients, args.seconds, args.max_batch_size, args.route, k)
+            measure(m, args.photos, c, args.seconds, args.max_batch_size, args.route, k)
             for m in args.model_dir
             for k in args.images_per_request
+            for c in args.clients
         ],
     }
     text = json.dumps(report, indent=2)
