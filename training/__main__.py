@@ -118,10 +118,17 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             from .export import export
 
+            from .probe import probe_summary
+
             metrics = {}
-            for path in args.metrics:
+            for path in args.metrics:  # spot-eval and evaluate files carry a summary; probe files their top-1
                 report = json.loads(path.read_text())
-                metrics.update(report.get("summary", {k: v for k, v in report.items() if isinstance(v, (int, float))}))
+                if "top1" in report:
+                    metrics.update(probe_summary(report))
+                else:
+                    metrics.update(
+                        report.get("summary", {k: v for k, v in report.items() if isinstance(v, (int, float))})
+                    )
             meta = export(
                 args.checkpoint, args.out, args.name, args.version, metrics, args.train_command, args.threshold
             )

@@ -160,8 +160,12 @@ def probe(
         "schedule": schedule.__dict__,
         "top1": top1,
         "wall_time_s": round(time.time() - started, 1),
-        "summary": {f"probe_top1/{test_spec}/{layer}": round(v, 4) for layer, v in top1.items()},  # for model cards
     }
+
+
+def probe_summary(result: dict) -> dict:
+    """The flat metrics a model card carries: probe_top1/<test set>/<layer>."""
+    return {f"probe_top1/{result['test']}/{layer}": round(v, 4) for layer, v in result["top1"].items()}
 
 
 def gap_closed(ours: dict, random: dict, supervised: dict) -> dict:

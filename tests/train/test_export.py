@@ -13,6 +13,7 @@ import torch
 
 from service.model import file_sha256
 from training.export import OUTPUTS, SpotExport, load_discriminator, real_batch
+from training.probe import probe_summary
 
 from ..conftest import REPO, run_cli
 
@@ -86,11 +87,18 @@ def test_export_of_a_missing_checkpoint_is_a_clear_error(tmp_path):
 def test_evaluation_metrics_reach_model_json_and_the_card(exported, tmp_path):
     report = tmp_path / "spot.json"
     report.write_text(json.dumps({"summary": {"spot/roc_auc@drop0.7": 0.5123, "spot/false_alarm_raw_photos": 0.25}}))
+    probe_report = tmp_path / "probe.json"
+    probe_report.write_text(json.dumps({"test": "tiny-imagenet:val", "top1": {"conv5": 0.12345}, "classes": 200}))
     ckpt = exported / "run" / "checkpoint.pt"
-    result = run_cli("export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m"), "--metrics", str(report))
+    result = run_cli("export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m"), "--metrics", str(report),
+                     str(probe_report))  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert meta["metrics"] == {"spot/roc_auc@drop0.7": 0.5123, "spot/false_alarm_raw_photos": 0.25}
+    assert meta["metrics"] == {
+        "spot/roc_auc@drop0.7": 0.5123,
+        "spot/false_alarm_raw_photos": 0.25,
+        "probe_top1/tiny-imagenet:val/conv5": 0.1235,
+    }
     card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
     for name, value in meta["metrics"].items():
         assert f"| {name} | {value} |" in card
@@ -109,7 +117,7 @@ def test_probe_of_the_onnx_export_equals_the_probe_of_its_checkpoint(exported):
     assert onnx_run["model"].startswith("onnx:") and set(onnx_run["top1"]) == {"conv2", "conv5"}
     for layer, acc in torch_run["top1"].items():
         assert abs(onnx_run["top1"][layer] - acc) <= 0.002  # features equal within 1e-4: at most 2 of 1,000 flip
-    assert onnx_run["summary"] == {f"probe_top1/cifar10:test/{k}": round(v, 4) for k, v in onnx_run["top1"].items()}
+    assert probe_summary(onnx_run) == {f"probe_top1/cifar10:test/{k}": round(v, 4) for k, v in onnx_run["top1"].items()}
 
 
 def test_probe_rejects_unknown_layers(exported):
