@@ -19,7 +19,7 @@ def test_report_tables_gap_closed_and_plots(tmp_path):
     probe_file(results, "tiny64-ours-tin", [0.20, 0.20, 0.40, 0.30, 0.10])
     text = write_report(results, tmp_path / "results.md")
     # ours closes 1.0 / 0.5 / 0.75 / 0.5 / 0.0: mean over conv2..conv5 = 0.4375
-    assert "| ours (shipped model) (`probe-tiny64-ours-tin.json`) | 20.00 (1.00) | 20.00 (0.50) | 40.00 (0.75)" in text
+    assert "| ours, paper setting (`probe-tiny64-ours-tin.json`) | 20.00 (1.00) | 20.00 (0.50) | 40.00 (0.75)" in text
     assert "**0.438**" in text
     assert (results / "probe-tiny-imagenet.png").stat().st_size > 1000
     assert "![" in text and "(results/probe-tiny-imagenet.png)" in text
