@@ -45,14 +45,20 @@ class SpotExport(nn.Module):
         return (*feats, logits[:, 1] - logits[:, 0], mask_logits)
 
 
-def git_commit() -> str:
+def git_commit(exclude: Path | None = None) -> str:
+    """HEAD, "-dirty" when tracked files differ; `exclude` (the export's own folder, rewritten before
+    this runs) does not count."""
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
+            + ([f":(exclude){exclude.resolve()}"] if exclude else []),
+            cwd=root,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -204,7 +210,7 @@ def export(
             "world_size": int(state.get("world_size", 1)),
             "hardware": state.get("hardware", "unknown"),
             "command": train_command or state.get("command") or "unknown",
-            "git_commit": git_commit(),
+            "git_commit": git_commit(out_dir),
             "checkpoint": str(ckpt_path),
             "torch_version": torch.__version__,
         },
