@@ -47,9 +47,24 @@ def test_the_service_serves_it_by_default():
     s = Server(model_dir=SHIPPED)
     try:
         ready = httpx.get(f"{s.url}/readyz").json()
-        assert ready == {"ready": True, "model": "spot-tiny64", "version": "1", "provider": "CPUExecutionProvider"}
+        version = json.loads((SHIPPED / "model.json").read_text())["version"]
+        assert ready == {"ready": True, "model": "spot-tiny64", "version": version, "provider": "CPUExecutionProvider"}
     finally:
         s.stop()
     from service.config import Settings
 
     assert Settings().model_dir == SHIPPED
+
+
+def test_raw_photographs_are_not_flagged_as_altered(data_root):
+    """The shipped model learnt raw photos as real (docs/results.md): unaltered photos score below its threshold."""
+    photos = sorted((data_root / "photos" / "sklearn").glob("*.jpg"))
+    s = Server(model_dir=SHIPPED)
+    try:
+        files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
+        body = httpx.post(f"{s.url}/spot", files=files, params={"heatmap": "none"}, timeout=120).json()
+    finally:
+        s.stop()
+    assert len(body["results"]) == len(photos) >= 2
+    for item in body["results"]:
+        assert item["artifact_score"] < body["threshold"], item["name"]
