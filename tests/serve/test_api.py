@@ -492,3 +492,29 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(model_dir):
         raise AssertionError("a stopped server still answered")
     except httpx.ConnectError:
         pass
+
+
+def test_slow_clients_do_not_starve_the_others(server, client):
+    """Slow-loris: 50 connections dribbling a body one byte at a time; normal requests still answer."""
+    import socket
+    import time
+
+    slow = []
+    for _ in range(50):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.sendall(
+            b"POST /features HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+        )
+        slow.append(sock)
+    try:
+        for _ in range(3):
+            time.sleep(0.3)
+            for sock in slow:
+                sock.sendall(b" ")
+            started = time.perf_counter()
+            r = client.post("/features", files=[("files", ("a.png", GOOD, "image/png"))])
+            assert r.status_code == 200 and time.perf_counter() - started < 2.0
+    finally:
+        for sock in slow:
+            sock.close()
+    assert client.get("/readyz").json()["ready"] is True

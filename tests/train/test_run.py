@@ -94,6 +94,35 @@ def test_kill_9_then_resume_reaches_the_same_weights(tmp_path, uninterrupted):
             )
 
 
+@pytest.mark.slow
+def test_killed_at_random_points_several_times_still_reaches_the_same_weights(tmp_path, uninterrupted):
+    import random
+
+    rng = random.Random(7)
+    run_dir = tmp_path / "killed-often"
+    kills, killed = [], 0
+    for _ in range(4):
+        proc = subprocess.Popen(_cli(run_dir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 8.0))  # anywhere: start-up, mid-step, mid-checkpoint-write
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed += 1
+        proc.wait()
+        if (run_dir / "checkpoint.pt").exists():
+            state = checkpoint.load(run_dir / "checkpoint.pt")  # never truncated: loads every time
+            kills.append((state["stage"], state["step"]))
+    result = subprocess.run(_cli(run_dir), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert killed >= 2 and kills, (killed, kills)  # really killed mid-run, after checkpoints existed
+    resumed = checkpoint.load(run_dir / "checkpoint.pt")
+    reference = checkpoint.load(uninterrupted / "checkpoint.pt")
+    assert (resumed["stage"], resumed["step"]) == ("spot", 30)
+    assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name]
+    for net in ("ae", "repair", "disc"):
+        for key, value in reference["networks"][net].items():
+            assert torch.allclose(resumed["networks"][net][key].float(), value.float(), atol=1e-5), f"{net}.{key}"
+
+
 def test_a_corrupt_checkpoint_is_refused_with_a_clear_message(tmp_path, uninterrupted):
     run_dir = tmp_path / "corrupt"
     run_dir.mkdir()
