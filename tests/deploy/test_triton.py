@@ -76,10 +76,11 @@ def repo(tmp_path_factory):
 
 def test_repository_layout_and_model_copy(repo):
     folder = repo / "spot-tiny64"
+    v = str(META["version"])  # Triton's version folder is the export's version
     assert sorted(p.relative_to(repo).as_posix() for p in folder.rglob("*")) == [
-        "spot-tiny64/1", "spot-tiny64/1/model.onnx", "spot-tiny64/config.pbtxt"
+        f"spot-tiny64/{v}", f"spot-tiny64/{v}/model.onnx", "spot-tiny64/config.pbtxt"
     ]  # fmt: skip
-    assert hashlib.sha256((folder / "1" / "model.onnx").read_bytes()).hexdigest() == META["sha256"]
+    assert hashlib.sha256((folder / v / "model.onnx").read_bytes()).hexdigest() == META["sha256"]
 
 
 def test_config_matches_model_json_and_the_onnx_graph(repo):
@@ -102,7 +103,8 @@ def test_config_matches_model_json_and_the_onnx_graph(repo):
             assert out["dims"] == [1] and out["reshape"] == {"shape": []}
 
     # The same names and per-item dims as the graph ONNX Runtime loads (what Triton's backend sees).
-    session = ort.InferenceSession(str(repo / "spot-tiny64" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    path = repo / "spot-tiny64" / str(META["version"]) / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [(i.name, i.shape[1:]) for i in session.get_inputs()] == [("images", [3, 64, 64])]
     assert [(o.name, o.shape[1:]) for o in session.get_outputs()] == [
         (name, out["dims"] if "reshape" not in out else []) for name, out in outputs.items()
