@@ -82,7 +82,7 @@ def probe_table(results: Path, random: str, supervised: str, rows: list[tuple[st
 
 
 def bar_plot(top1: dict, title: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     width = 0.8 / max(1, len(top1))
     for i, (label, accs) in enumerate(top1.items()):
         xs = [j + (i - (len(top1) - 1) / 2) * width for j in range(len(LAYERS))]
@@ -90,7 +90,7 @@ def bar_plot(top1: dict, title: str, path: Path) -> None:
     ax.set_xticks(range(len(LAYERS)), LAYERS)
     ax.set_ylabel("linear probe top-1 (%)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=4)  # below: never over a bar
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
