@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -21,38 +19,17 @@ import numpy as np
 
 from .batching import commit, hardware
 from .load import jpeg_crops, write_bodies, wrk
-from .server import REPO, Server, free_port
+from .server import REPO, Server, ServerProcess, free_port
 
 OURS_ROUTE = "/features?layers=conv5&pool=avg"
 
 
-class BentoServer:
-    def __init__(self, venv: Path, model_dir: Path, timeout: float = 120):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.TemporaryFile()
-        cmd = [str(venv / "bin" / "bentoml"), "serve", "bench.peer_bentoml:SpotFeatures", "--host", "127.0.0.1",
-               "--port", str(self.port)]  # fmt: skip
-        env = dict(os.environ, SPOT_MODEL_DIR=str(model_dir))
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.stop()
-        self.log.seek(0)
-        raise RuntimeError(f"BentoML did not start: {self.log.read().decode()[-2000:]}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def bento_server(venv: Path, model_dir: Path, timeout: float = 120) -> ServerProcess:
+    port = free_port()
+    cmd = [str(venv / "bin" / "bentoml"), "serve", "bench.peer_bentoml:SpotFeatures", "--host", "127.0.0.1",
+           "--port", str(port)]  # fmt: skip
+    env = dict(os.environ, SPOT_MODEL_DIR=str(model_dir))
+    return ServerProcess(cmd, port, env, "/readyz", timeout, stop_timeout=20)
 
 
 def same_answer(ours_url: str, bento_url: str, jpeg: bytes) -> float:
@@ -105,7 +82,7 @@ def main() -> None:
         ours_bodies = write_bodies(jpegs, Path(tmp) / "ours")
         bento_bodies = write_bodies(jpegs, Path(tmp) / "bento", field="images")
         ours = Server(args.model_dir, ready="/readyz", access_log="false")
-        bento = BentoServer(args.bentoml_venv, args.model_dir)
+        bento = bento_server(args.bentoml_venv, args.model_dir)
         try:
             diff = same_answer(ours.url, bento.url, jpegs[0])
         finally:
@@ -114,7 +91,7 @@ def main() -> None:
             ours_rows = sweep(f"{ours.url}{OURS_ROUTE}", ours_bodies, args.clients, args.seconds)
         finally:
             ours.stop()
-        bento = BentoServer(args.bentoml_venv, args.model_dir)
+        bento = bento_server(args.bentoml_venv, args.model_dir)
         try:
             bento_rows = sweep(f"{bento.url}/features", bento_bodies, args.clients, args.seconds)
         finally:

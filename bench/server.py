@@ -21,17 +21,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """`env` keys become SPOT_* settings, e.g. Server(model_dir, max_batch_size="1")."""
+class ServerProcess:
+    """A server command listening on 127.0.0.1:`port`, started and waited for until `ready` answers 200."""
 
-    def __init__(self, model_dir: Path, ready: str = "/healthz", timeout: float = 60, **env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environ = dict(os.environ, OMP_NUM_THREADS="1", **{f"SPOT_{k.upper()}": v for k, v in env.items()})
-        cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port),
-               "--model-dir", str(model_dir)]  # fmt: skip
+    def __init__(self, cmd: list[str], port: int, env: dict, ready: str, timeout: float, stop_timeout: float = 10):
+        self.port, self.stop_timeout = port, stop_timeout
+        self.url = f"http://127.0.0.1:{port}"
         self.log = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stall the server
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while time.time() < deadline:
             try:
@@ -40,7 +37,7 @@ class Server:
             except httpx.HTTPError:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"server did not start: {self.output()[-2000:]}")
+        raise RuntimeError(f"{cmd[0]} did not start: {self.output()[-2000:]}")
 
     def output(self) -> str:
         self.log.seek(0)
@@ -49,7 +46,18 @@ class Server:
     def stop(self) -> None:
         self.proc.terminate()
         try:
-            self.proc.wait(10)
+            self.proc.wait(self.stop_timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class Server(ServerProcess):
+    """`python -m service`; `env` keys become SPOT_* settings, e.g. Server(model_dir, max_batch_size="1")."""
+
+    def __init__(self, model_dir: Path, ready: str = "/healthz", timeout: float = 60, **env: str):
+        port = free_port()
+        environ = dict(os.environ, OMP_NUM_THREADS="1", **{f"SPOT_{k.upper()}": v for k, v in env.items()})
+        cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+               "--model-dir", str(model_dir)]  # fmt: skip
+        super().__init__(cmd, port, environ, ready, timeout)
