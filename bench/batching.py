@@ -13,46 +13,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.model import ExportedModel
+
+from .context import commit, hardware, timed
 from .load import jpeg_crops, write_bodies, wrk
 from .server import REPO, Server
 
 
-def hardware() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "onnxruntime": ort.__version__,
-            "providers": ort.get_available_providers()}  # fmt: skip
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True)
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
 def engine_images_per_s(model_dir: Path, batch: int, seconds: float = 3.0) -> float:
     """ONNX Runtime alone on random decoded input: the ceiling for any server of this model."""
-    meta = json.loads((model_dir / "model.json").read_text())
-    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    size = meta["preprocessing"]["input_size"]
-    x = np.random.default_rng(0).uniform(0, 255, (batch, 3, size, size)).astype(np.float32)
-    name = session.get_inputs()[0].name
-    session.run(None, {name: x})
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        session.run(None, {name: x})
-        done += batch
-    return done / (time.perf_counter() - start)
+    model = ExportedModel(model_dir, "cpu")
+    x = np.random.default_rng(0).uniform(0, 255, (batch, 3, model.size, model.size)).astype(np.float32)
+    return timed(lambda: model.run(x), batch, seconds)
 
 
 def batch_size_stats(url: str) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from service.images import decode
 from service.model import ExportedModel
 from service.preprocess import centre_view
 
-from .batching import commit, hardware
+from .context import commit, hardware, timed
 from .load import jpeg_crops
 from .server import REPO
 
@@ -43,16 +42,6 @@ def macs_per_image(onnx_path: Path) -> int:
         elif node.op_type in ("Gemm", "MatMul") and node.input[1] in weights:
             macs += int(np.prod(weights[node.input[1]]))
     return macs
-
-
-def timed(fn, items_per_call: int, seconds: float) -> float:
-    """Items per second of `fn` over at least `seconds` (and 3 calls), after 2 warm-up calls."""
-    fn(), fn()
-    calls, start = 0, time.perf_counter()
-    while calls < 3 or time.perf_counter() - start < seconds:
-        fn()
-        calls += 1
-    return calls * items_per_call / (time.perf_counter() - start)
 
 
 def matmul_peak_gflops(seconds: float = 2.0) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from .batching import commit, hardware
+from .context import commit, hardware
 from .load import jpeg_crops, write_bodies, wrk
 from .server import REPO, Server, ServerProcess, free_port
 

@@ -168,9 +168,8 @@ def write_report(results: Path, out: Path) -> str:
             "|---|---|---|---|---|",
         ]
         for run, last in json.loads(ablations.read_text()).items():
-            rate = {"c32-drop0.5": 0.5, "c32-drop0.3": 0.3}.get(run, 0.7)
             md.append(
-                f"| `{run}` | {rate} | {last['val/auc']:.3f} | {last['val/mask_ap']:.3f} | {last['val/acc_raw']:.3f} |"
+                f"| `{run}` | {last['drop_rate']} | {last['val/auc']:.3f} | {last['val/mask_ap']:.3f} | {last['val/acc_raw']:.3f} |"
             )
         md.append("")
     reports = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("spot-eval-*.json"))}
