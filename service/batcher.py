@@ -1,8 +1,10 @@
 """Server-side dynamic batching: requests from concurrent clients share one ONNX Runtime run.
 
 Knobs as in Triton/TorchServe: `max_batch_size` images per run and `max_batch_delay_ms` to wait for
-more once a first request is queued (0 = take only what is already waiting). Runs happen on one
-worker thread, so the event loop never blocks and the session is never entered twice at once.
+more once a first request is queued (0 = take only what is already waiting). The delay applies only
+while requests are concurrent (the last run served more than one): a lone client never waits for
+company that is not coming. Runs happen on one worker thread, so the event loop never blocks and the
+session is never entered twice at once.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.task: asyncio.Task | None = None
         self.pending: Job | None = None
+        self.last_jobs = 0  # requests in the last run
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
@@ -64,10 +67,11 @@ class Batcher:
         """The next batch: the first waiting job, plus more until full or the delay has passed."""
         first, self.pending = self.pending or await self.queue.get(), None
         jobs, size = [first], len(first.inputs)
-        deadline = time.perf_counter() + self.delay
+        delay = self.delay if self.last_jobs > 1 else 0.0
+        deadline = time.perf_counter() + delay
         while size < self.max_batch_size:
             try:
-                if self.delay == 0:
+                if delay == 0:
                     job = self.queue.get_nowait()
                 else:
                     job = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - time.perf_counter()))
@@ -78,6 +82,7 @@ class Batcher:
                 break
             jobs.append(job)
             size += len(job.inputs)
+        self.last_jobs = len(jobs)
         return jobs
 
     async def _loop(self) -> None:

@@ -40,8 +40,9 @@ def normalize(values: np.ndarray, how: str) -> np.ndarray:
     return values
 
 
-def encode(values: np.ndarray, encoding: str, dtype: str) -> list | str:
-    values = values.astype(np.dtype(dtype).newbyteorder("<"))
+def encode(values: np.ndarray, encoding: str, dtype: str) -> np.ndarray | str:
+    """base64 of little-endian bytes, or the array itself for the JSON encoder to write as numbers."""
+    values = np.ascontiguousarray(values, np.dtype(dtype).newbyteorder("<"))
     if encoding == "base64":
         return base64.b64encode(values.tobytes()).decode("ascii")
-    return values.tolist()
+    return values

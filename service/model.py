@@ -40,7 +40,9 @@ def choose_providers(setting: str) -> list[str]:
 class ExportedModel:
     """Reads the contract of models/README.md; `run` maps a float32 NCHW batch to named outputs."""
 
-    def __init__(self, folder: Path, providers: str = "auto", require_gpu: bool = False, threads: int = 0):
+    def __init__(
+        self, folder: Path, providers: str = "auto", require_gpu: bool = False, threads: int = 0, spin: bool = True
+    ):
         folder = Path(folder)
         meta_path, onnx_path = folder / "model.json", folder / "model.onnx"
         if not meta_path.is_file() or not onnx_path.is_file():
@@ -54,6 +56,8 @@ class ExportedModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads wait for work by burning a core: on a small CPU that core is the HTTP layer's.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=choose_providers(providers))
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types for a bad graph

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
@@ -62,3 +63,43 @@ def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def results(per_image: list, outputs: dict[str, np.ndarray], heatmap_format: str, size: int, grid: int) -> list[dict]:
+    """One /spot answer per image from the outputs of all its tiles (`per_image`: name, rgb, tiles,
+    their positions, the covered image). Arrays stay numpy: the response encoder writes them directly."""
+    answers, offset = [], 0
+    for name, rgb, t, positions, covered in per_image:
+        part = slice(offset, offset + len(t))
+        offset += len(t)
+        score, cells = assemble(
+            outputs["real_logit"][part], outputs["mask_logits"][part], positions, size, covered.shape[:2]
+        )
+        h, w = rgb.shape[:2]
+        item = {
+            "name": name,
+            "artifact_score": score,
+            "width": w,
+            "height": h,
+            "tiling": {
+                "tiles": len(t),
+                "tile_size": size,
+                "stride": size // 2,
+                "scaled_to": list(covered.shape[1::-1]),
+            },
+            "mask": {
+                "rows": cells.shape[0],
+                "cols": cells.shape[1],
+                "cell_pixels": size / grid,
+                "values": cells.round(5),
+            },
+        }
+        if heatmap_format != "none":
+            values = heatmap(cells, w, h)
+            if heatmap_format == "values":
+                item["heatmap"] = {"shape": [h, w], "values": values.round(4)}
+            else:
+                png = heatmap_png(values) if heatmap_format == "png" else overlay_png(rgb, values)
+                item["heatmap"] = {"shape": [h, w], "png_base64": base64.b64encode(png).decode()}
+        answers.append(item)
+    return answers

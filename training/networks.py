@@ -244,8 +244,15 @@ class Discriminator(nn.Module):
     def forward_head(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(real/fake logits [N, 2], drop-mask logits [N, 1, grid, grid]; positive = kept)."""
         mask_logits = self.mask_head(feats)
-        h = self.dropout(F.relu(self.bn_fc1(self.fc1(feats))))
+        h = self.dropout(F.relu(self.bn_fc1(self._fc1(feats))))
         return self.fc2(h).flatten(1), mask_logits
+
+    def _fc1(self, feats: torch.Tensor) -> torch.Tensor:
+        """fc1 covers the whole conv5 map, so it is one matrix product: the same numbers as the conv, and
+        about 3x faster in ONNX Runtime, whose conv kernels are slow for a 1x1 output."""
+        if feats.shape[-2:] != self.fc1.weight.shape[-2:]:
+            return self.fc1(feats)
+        return F.linear(feats.flatten(1), self.fc1.weight.flatten(1))[..., None, None]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.forward_head(self.forward_features(x))
