@@ -103,10 +103,18 @@ def pytorch_rows(meta: dict, seconds: float) -> dict:
 
 
 def markdown(report: dict) -> str:
-    hw, flop = report["hardware"], 2 * report["macs_per_image"]
-    lines = [
+    hw = report["hardware"]
+    return (
         f"Command: `{report['command']}` at commit `{report['commit']}`; {hw['cpu']}, {hw['cores']} cores,"
-        f" ONNX Runtime {hw['onnxruntime']}. Model `{report['model_dir']}`: {flop / 1e6:.1f} MFLOP per image"
+        f" ONNX Runtime {hw['onnxruntime']}. " + table(report)
+    )
+
+
+def table(report: dict) -> str:
+    """Model, FLOPs and peak in a sentence, then images/s per batch size for every row."""
+    flop = 2 * report["macs_per_image"]
+    lines = [
+        f"Model `{report['model_dir']}`: {flop / 1e6:.1f} MFLOP per image"
         f" (Conv + Gemm multiply-adds x 2, from the ONNX graph). Peak: {report['peak_gflops']:.0f} GFLOP/s, an"
         " fp32 2048x2048 matrix product in ONNX Runtime on all cores (the practical peak, not the data-sheet one).",
         "",
@@ -141,6 +149,45 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def gpu_rows(model_dir: Path, seconds: float) -> dict:
+    """The GPU variant where one is present: CUDA fp32 and TensorRT fp16 (its builder casts the fp32 export),
+    decoded input, same batch sweep. Empty on a machine without CUDA."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        return {}
+    variants = {"cuda_fp32": ["CUDAExecutionProvider"]}
+    if "TensorrtExecutionProvider" in available:
+        variants["tensorrt_fp16"] = [("TensorrtExecutionProvider", {"trt_fp16_enable": True}), "CUDAExecutionProvider"]
+    rows = {}
+    x_all = np.random.default_rng(0).uniform(-120, 130, (max(BATCHES), 3, 64, 64)).astype(np.float32)
+    for name, providers in variants.items():
+        session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=providers)
+        size = session.get_inputs()[0].shape[-1]
+        rows[name] = {}
+        for b in BATCHES:
+            x = np.ascontiguousarray(x_all[:b, :, :size, :size])
+            rows[name][b] = timed(lambda: session.run(None, {"images": x}), b, seconds)
+    return rows
+
+
+def measure(model_dir: Path, photos: Path, seconds: float) -> dict:
+    """Everything above for one model, as the report's JSON (rows: images/s per batch size)."""
+    model = ExportedModel(model_dir, "cpu")
+    rows = onnxruntime_rows(model, jpeg_crops(photos, count=256, size=96), seconds)
+    rows.update(pytorch_rows(model.meta, seconds))
+    rows.update(gpu_rows(model_dir, seconds))
+    return {
+        "commit": commit(),
+        "hardware": hardware(),
+        "model_dir": str(model_dir.relative_to(REPO) if model_dir.is_relative_to(REPO) else model_dir),
+        "macs_per_image": macs_per_image(model_dir / "model.onnx"),
+        "peak_gflops": matmul_peak_gflops(),
+        "rows": {k: {str(b): v for b, v in row.items()} for k, row in rows.items()},
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=REPO / "models" / "spot-tiny64")
@@ -148,18 +195,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     p.add_argument("--out", type=Path, help="JSON here; the markdown table (.md) and plot (.png) beside it")
     args = p.parse_args()
-    model = ExportedModel(args.model_dir, "cpu")
-    rows = onnxruntime_rows(model, jpeg_crops(args.photos, count=256, size=96), args.seconds)
-    rows.update(pytorch_rows(model.meta, args.seconds))
-    report = {
-        "command": "python -m bench.engine " + " ".join(__import__("sys").argv[1:]),
-        "commit": commit(),
-        "hardware": hardware(),
-        "model_dir": str(args.model_dir.relative_to(REPO) if args.model_dir.is_relative_to(REPO) else args.model_dir),
-        "macs_per_image": macs_per_image(args.model_dir / "model.onnx"),
-        "peak_gflops": matmul_peak_gflops(),
-        "rows": {k: {str(b): v for b, v in row.items()} for k, row in rows.items()},
-    }
+    report = {"command": "python -m bench.engine " + " ".join(__import__("sys").argv[1:])}
+    report.update(measure(args.model_dir.resolve(), args.photos, args.seconds))
     print(markdown(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

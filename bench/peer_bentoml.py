@@ -22,7 +22,7 @@ class SpotFeatures:
     def __init__(self) -> None:
         self.model = ExportedModel(os.environ["SPOT_MODEL_DIR"], "cpu")
 
-    @bentoml.api(batchable=True, max_batch_size=32, max_latency_ms=1000)
+    @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=1000)
     def features(self, images: list[Image.Image]) -> list[dict]:
         m = self.model
         batch = np.stack(

@@ -131,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.max_batch_delay_ms,
                 metrics.observe_batch,
                 settings.max_queue_images,
+                settings.adaptive_batch_delay,
             )
             state["batcher"].start()
             log.info("loaded %s %s on %s", model.name, model.version, model.provider)

@@ -1,9 +1,10 @@
 """Server-side dynamic batching: requests from concurrent clients share one ONNX Runtime run.
 
 Knobs as in Triton/TorchServe: `max_batch_size` images per run and `max_batch_delay_ms` to wait for
-more once a first request is queued (0 = take only what is already waiting). The delay applies only
-while requests are concurrent (the last run served more than one): a lone client never waits for
-company that is not coming. Runs happen on one worker thread, so the event loop never blocks and the
+more once a first request is queued (0 = take only what is already waiting). With `adaptive_delay`
+the wait applies only while requests are concurrent (the last run served more than one), so a lone
+client never waits for company that is not coming; without it every first request waits, as in
+Triton and TorchServe. Runs happen on one worker thread, so the event loop never blocks and the
 session is never entered twice at once.
 """
 
@@ -33,13 +34,20 @@ class QueueFull(RuntimeError):
 
 class Batcher:
     def __init__(
-        self, model: ExportedModel, max_batch_size: int, max_batch_delay_ms: float, observe=None, max_queue: int = 0
+        self,
+        model: ExportedModel,
+        max_batch_size: int,
+        max_batch_delay_ms: float,
+        observe=None,
+        max_queue: int = 0,
+        adaptive_delay: bool = True,
     ):
         self.model = model
         self.max_queue = max_queue  # images waiting; 0 = unbounded
         self.queued = 0
         self.max_batch_size = max(1, max_batch_size)
         self.delay = max(0.0, max_batch_delay_ms) / 1000
+        self.adaptive_delay = adaptive_delay
         self.observe = observe or (lambda **_: None)  # metrics hook: batch size, queue and inference time
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
@@ -64,18 +72,21 @@ class Batcher:
         return await job.future  # cancelled by a timeout: the job is dropped when its turn comes
 
     async def _collect(self) -> list[Job]:
-        """The next batch: the first waiting job, plus more until full or the delay has passed."""
+        """The next batch: the first waiting job, everything already queued behind it, and what arrives
+        before the delay has passed, up to max_batch_size."""
         first, self.pending = self.pending or await self.queue.get(), None
         jobs, size = [first], len(first.inputs)
-        delay = self.delay if self.last_jobs > 1 else 0.0
+        delay = 0.0 if self.adaptive_delay and self.last_jobs <= 1 else self.delay
         deadline = time.perf_counter() + delay
         while size < self.max_batch_size:
             try:
-                if delay == 0:
+                if not self.queue.empty():  # waiting jobs always join, however late it is
                     job = self.queue.get_nowait()
+                elif (remaining := deadline - time.perf_counter()) > 0:
+                    job = await asyncio.wait_for(self.queue.get(), remaining)
                 else:
-                    job = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - time.perf_counter()))
-            except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    break
+            except asyncio.TimeoutError:
                 break
             if size + len(job.inputs) > self.max_batch_size:
                 self.pending = job  # first in line for the next run

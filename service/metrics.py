@@ -23,9 +23,10 @@ class Metrics:
             "spot_batch_size", "Images per ONNX Runtime run", buckets=BATCH_BUCKETS, registry=self.registry
         )
         self.images = Counter("spot_images", "Images processed", ["route"], registry=self.registry)
+        self._inference, self._queue = self.stage.labels("inference"), self.stage.labels("queue")
 
     def observe_batch(self, batch_size: int, inference_s: float, queue_s: list[float]) -> None:
         self.batch_size.observe(batch_size)
-        self.stage.labels("inference").observe(inference_s)
+        self._inference.observe(inference_s)
         for q in queue_s:
-            self.stage.labels("queue").observe(q)
+            self._queue.observe(q)

@@ -68,8 +68,8 @@ def make_repository(
     repo: Path,
     name: str | None = None,
     version: int | None = None,
-    max_batch_size: int = 32,
-    preferred: tuple[int, ...] = (8, 16, 32),
+    max_batch_size: int = 64,
+    preferred: tuple[int, ...] = (16, 32, 64),
     delay_us: int = 2000,
     kind: str = "gpu",
     count: int = 1,
@@ -96,8 +96,8 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, required=True, help="model repository to write (created if missing)")
     parser.add_argument("--name", help="model name in Triton (default: model.json's name)")
     parser.add_argument("--version", type=int, help="version folder (default: model.json's version)")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="as the service's SPOT_MAX_BATCH_SIZE")
-    parser.add_argument("--preferred-batch-sizes", default="8,16,32", help="comma-separated")
+    parser.add_argument("--max-batch-size", type=int, default=64, help="as the service's SPOT_MAX_BATCH_SIZE")
+    parser.add_argument("--preferred-batch-sizes", default="16,32,64", help="comma-separated")
     parser.add_argument("--max-queue-delay-us", type=int, default=2000, help="as SPOT_MAX_BATCH_DELAY_MS=2")
     parser.add_argument("--kind", choices=["gpu", "cpu"], default="gpu", help="KIND_GPU never falls back to CPU")
     parser.add_argument("--instances", type=int, default=1, help="model instances (per GPU for KIND_GPU)")

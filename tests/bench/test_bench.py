@@ -1,4 +1,5 @@
-"""A short version of the benchmark suite, so that it cannot rot (slow: it loads the machine)."""
+"""A short version of the benchmark suite (`python -m bench --quick`), so that it cannot rot (slow: it
+loads the machine for about a minute)."""
 
 import json
 import subprocess
@@ -10,25 +11,22 @@ from ..conftest import REPO
 
 
 @pytest.mark.slow
-def test_engine_benchmark_short(tmp_path):
-    out = tmp_path / "engine.json"
-    cmd = [sys.executable, "-m", "bench.engine", "--seconds", "0.05", "--out", str(out)]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+def test_the_suite_runs_short_and_writes_results_and_plots(tmp_path):
+    md = tmp_path / "RESULTS.md"
+    cmd = [sys.executable, "-m", "bench", "--quick", "--model-dir", str(REPO / "models" / "spot-tiny64"),
+           "--out", str(tmp_path), "--results-md", str(md)]  # fmt: skip
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
-    assert 2 * report["macs_per_image"] / 1e6 == pytest.approx(46.6, abs=0.1)  # the shipped half-width model
-    assert set(report["rows"]) == {"onnxruntime", "onnxruntime_with_decode", "pytorch_fp32", "pytorch_bf16"}
-    assert all(v > 0 for row in report["rows"].values() for v in row.values())
-    assert out.with_suffix(".md").exists() and out.with_suffix(".png").stat().st_size > 1000
-
-
-@pytest.mark.slow
-def test_batching_benchmark_short(tmp_path):
-    out = tmp_path / "batching.json"
-    cmd = [sys.executable, "-m", "bench.batching", "--seconds", "2", "--clients", "8", "--out", str(out)]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = json.loads(out.read_text())["runs"][0]
-    assert run["batching_on"]["non2xx"] == run["batching_off"]["non2xx"] == 0
-    assert run["batching_off"]["images_per_run"] == pytest.approx(1.0, abs=0.05)
-    assert run["batching_on"]["images_per_run"] > 1
+    suite = json.loads((tmp_path / "suite.json").read_text())
+    assert 2 * suite["engine"]["macs_per_image"] / 1e6 == pytest.approx(46.6, abs=0.1)  # the shipped model
+    assert {"onnxruntime", "onnxruntime_with_decode", "pytorch_fp32", "pytorch_bf16"} <= set(suite["engine"]["rows"])
+    for route in ("features", "spot"):
+        on, off = suite["service"][route]["on"], suite["service"][route]["off"]
+        assert all(r["non2xx"] == 0 and r["socket_errors"] == 0 for r in [*on.values(), *off.values()])
+        assert all(r["images_per_run"] == pytest.approx(1.0) for r in off.values())  # batching off: one per run
+        assert on["4"]["images_per_run"] > 1  # four clients: the batcher gathers them
+    assert suite["service"]["features_16_per_request"]["on"]["1"]["images_per_run"] == pytest.approx(16)
+    text = md.read_text()
+    assert "## The targets (issue 6)" in text and suite["commit"] in text and suite["hardware"]["cpu"] in text
+    for png in ("engine.png", "service.png", "latency.png"):
+        assert (tmp_path / png).stat().st_size > 5000

@@ -86,7 +86,7 @@ def test_repository_layout_and_model_copy(repo):
 def test_config_matches_model_json_and_the_onnx_graph(repo):
     config = parse_pbtxt((repo / "spot-tiny64" / "config.pbtxt").read_text())
     assert config["name"] == "spot-tiny64" and config["platform"] == "onnxruntime_onnx"
-    assert config["max_batch_size"] == 32
+    assert config["max_batch_size"] == 64
 
     (images,) = config["input"]
     assert images == {"name": "images", "data_type": "TYPE_FP32", "dims": META["input"]["shape"][1:]}
@@ -111,7 +111,7 @@ def test_config_matches_model_json_and_the_onnx_graph(repo):
     ]
     assert {o.type for o in session.get_outputs()} == {"tensor(float)"}
 
-    assert config["dynamic_batching"] == {"preferred_batch_size": [8, 16, 32], "max_queue_delay_microseconds": 2000}
+    assert config["dynamic_batching"] == {"preferred_batch_size": [16, 32, 64], "max_queue_delay_microseconds": 2000}
     assert config["instance_group"] == [{"count": 1, "kind": "KIND_GPU"}]
 
 

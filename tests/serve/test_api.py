@@ -256,7 +256,7 @@ def test_concurrent_requests_are_batched_and_counted(model_dir):
 
     from bench.server import Server
 
-    s = Server(model_dir, max_batch_delay_ms="20")
+    s = Server(model_dir, max_batch_delay_ms="20", adaptive_batch_delay="false")
     data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
     try:
         with httpx.Client(base_url=s.url, timeout=30) as c, ThreadPoolExecutor(16) as pool:
@@ -276,6 +276,26 @@ def test_concurrent_requests_are_batched_and_counted(model_dir):
         assert 'spot_stage_seconds_count{stage="queue"}' in text and 'stage="preprocess"' in text
     finally:
         s.stop()
+
+
+def test_a_lone_request_waits_out_the_batch_delay_only_when_the_delay_is_not_adaptive(model_dir):
+    import time
+
+    import httpx
+
+    from bench.server import Server
+
+    data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
+    for adaptive, low, high in (("true", 0.0, 0.5), ("false", 0.6, 30.0)):
+        s = Server(model_dir, max_batch_delay_ms="600", adaptive_batch_delay=adaptive)
+        try:
+            with httpx.Client(base_url=s.url, timeout=30) as c:
+                for _ in range(3):  # one client, one request at a time: nobody to wait for
+                    started = time.perf_counter()
+                    assert c.post("/features", files=[("files", ("a.png", data, "image/png"))]).status_code == 200
+                    assert low <= time.perf_counter() - started < high, adaptive
+        finally:
+            s.stop()
 
 
 def test_the_web_page_is_served(client):
@@ -420,7 +440,9 @@ def test_overload_is_a_quick_503_with_retry_after_and_visible_in_metrics(model_d
     from bench.server import Server
 
     # a first request waits 300 ms for company; meanwhile only 12 images may queue
-    s = Server(model_dir, max_queue_images="12", max_batch_delay_ms="300", threshold="0.9")
+    s = Server(
+        model_dir, max_queue_images="12", max_batch_delay_ms="300", adaptive_batch_delay="false", threshold="0.9"
+    )
     data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
 
     def post(_):
@@ -450,7 +472,7 @@ def test_a_request_waiting_too_long_is_a_504_and_the_server_goes_on(model_dir):
 
     from bench.server import Server
 
-    s = Server(model_dir, request_timeout_s="0.05", max_batch_delay_ms="400")
+    s = Server(model_dir, request_timeout_s="0.05", max_batch_delay_ms="400", adaptive_batch_delay="false")
     data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
     try:
         with httpx.Client(base_url=s.url, timeout=30) as c:
@@ -471,7 +493,9 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(model_dir):
 
     from bench.server import Server
 
-    s = Server(model_dir, max_batch_delay_ms="700")  # each request sits in the batcher for 0.7 s
+    s = Server(
+        model_dir, max_batch_delay_ms="700", adaptive_batch_delay="false"
+    )  # each request sits in the batcher for 0.7 s
     data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
     answers = []
 

@@ -1,0 +1,241 @@
+"""bench/RESULTS.md and its plots from the suite's JSON (`python -m bench` calls this; rerun alone with
+`python -m bench.report` to re-render a suite.json without measuring again)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from . import engine
+from .server import REPO
+
+TARGETS = {"service_vs_engine": 0.6, "ours_vs_bentoml": 1.5, "x16_vs_engine": 0.9, "ort_vs_pytorch_b1": 2.0}
+
+
+def best(rows: dict) -> tuple[str, dict]:
+    """(clients, row) with the most images/s."""
+    return max(rows.items(), key=lambda kv: kv[1]["images_per_s"])
+
+
+def verdict(value: float, goal: float) -> str:
+    return "met" if value >= goal else f"missed by {goal - value:.2f} ({100 * (goal - value) / goal:.0f}% short)"
+
+
+def headline(s: dict) -> tuple[list[str], dict]:
+    """The issue's four targets: measured ratio, goal, met or by how much it was missed."""
+    eng = s["engine"]["rows"]
+    eb, e_rate = max(eng["onnxruntime_with_decode"].items(), key=lambda kv: kv[1])
+    feats = s["service"]["features"]["on"]
+    c1, r1 = best(feats)
+    c16, r16 = best(s["service"]["features_16_per_request"]["on"])
+    ort_pt = eng["onnxruntime"]["1"] / eng["pytorch_fp32"]["1"]
+    ratios = {
+        "service_vs_engine": r1["images_per_s"] / e_rate,
+        "x16_vs_engine": r16["images_per_s"] / e_rate,
+        "ort_vs_pytorch_b1": ort_pt,
+    }
+    lines = [
+        "| target | measured | goal | |",
+        "|---|---|---|---|",
+        f"| one image per request: service / engine limit with decode | **{ratios['service_vs_engine']:.2f}**"
+        f" ({r1['images_per_s']:.0f} img/s at {c1} clients / {e_rate:.0f} img/s at batch {eb}) | >= 0.6 |"
+        f" {verdict(ratios['service_vs_engine'], 0.6)} |",
+    ]
+    bento = s["bentoml"].get("rows")
+    if bento:
+        per_level = {c: feats[c]["images_per_s"] / bento[c]["images_per_s"] for c in bento if c in feats}
+        ratios["ours_vs_bentoml"] = per_level
+        worst = min(per_level.values())
+        cells = ", ".join(f"{c} clients **{v:.2f}**" for c, v in per_level.items())
+        lines.append(f"| ours / BentoML at the same concurrency | {cells} | >= 1.5 | {verdict(worst, 1.5)} (lowest) |")
+    else:
+        lines.append(f"| ours / BentoML | not measured: {s['bentoml'].get('skipped')} | >= 1.5 | |")
+    lines += [
+        f"| 16 images per request: service / engine limit with decode | **{ratios['x16_vs_engine']:.2f}**"
+        f" ({r16['images_per_s']:.0f} img/s at {c16} clients) | >= 0.9 | {verdict(ratios['x16_vs_engine'], 0.9)} |",
+        f"| ONNX Runtime / PyTorch eager fp32 at batch 1 | **{ort_pt:.2f}** ({eng['onnxruntime']['1']:.0f} vs"
+        f" {eng['pytorch_fp32']['1']:.0f} img/s) | >= 2 | {verdict(ort_pt, 2.0)} |",
+    ]
+    return lines, ratios
+
+
+def service_table(on: dict, off: dict | None) -> list[str]:
+    lines = [
+        "| clients | img/s | p50 / p95 / p99 ms | images per run | server CPU (cores) | event loop CPU ms/request"
+        " | other threads CPU ms/image | non-2xx |" + (" img/s batching off | p99 ms off | on / off |" if off else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if off else ""),
+    ]
+    for c, r in on.items():
+        row = (
+            f"| {c} | {r['images_per_s']:.0f} | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} / {r['p99_ms']:.1f}"
+            f" | {r['images_per_run']:.1f} | {r['cpu_cores']:.2f} | {r['event_loop_ms_per_request']:.2f}"
+            f" | {r['other_threads_ms_per_image']:.2f} | {r['non2xx']} |"
+        )
+        if off:
+            o = off[c]
+            row += f" {o['images_per_s']:.0f} | {o['p99_ms']:.1f} | {r['images_per_s'] / o['images_per_s']:.2f} |"
+        lines.append(row)
+    return lines
+
+
+def markdown(s: dict) -> str:
+    hw = s["hardware"]
+    head, _ = headline(s)
+    out = [
+        "# Benchmark results",
+        "",
+        f"Written by `{s['command']}` at commit `{s['commit']}` (started {s['started']}, {s['minutes']} min) from"
+        " `bench/results/suite.json`; do not edit by hand (bench/README.md explains the method and the misses).",
+        "",
+        f"Machine: {hw['cpu']}, {hw['cores']} cores, no GPU unless the GPU section says otherwise; Python"
+        f" {hw['python']}, ONNX Runtime {hw['onnxruntime']}. Model for every row: `{s['model_dir']}`. Load: wrk,"
+        f" one prepared multipart upload per request rotating through 200 JPEGs of 64 px, 127.0.0.1 only,"
+        f" {s['seconds']} s per level after a 2 s warm-up; the server decodes every upload. Servers:"
+        " `python -m service` with its defaults (batching on: up to 64 images per run, 2 ms adaptive delay;"
+        " off: `SPOT_MAX_BATCH_SIZE=1`), access log off. Speeds measured in this one run only; compare ratios.",
+        "",
+        "## The targets (issue 6)",
+        "",
+        *head,
+        "",
+        "## 1. Engine limit: ONNX Runtime called directly",
+        "",
+        engine.table(s["engine"]),
+        "![engine](results/engine.png)",
+        "",
+        "## 2. The service",
+        "",
+    ]
+    names = {"features": "`/features?layers=conv5&pool=avg`", "spot": "`/spot?heatmap=none`"}
+    for route, title in names.items():
+        rows = s["service"][route]
+        out += [
+            f"{title}, one image per request, batching on (and off):",
+            "",
+            *service_table(rows["on"], rows["off"]),
+            "",
+        ]
+    out += [
+        "`/features`, 16 images per request, batching on:",
+        "",
+        *service_table(s["service"]["features_16_per_request"]["on"], None),
+        "",
+        "![throughput](results/service.png) ![latency](results/latency.png)",
+        "",
+        "## 3. The peer: BentoML, same model, same work, same load",
+        "",
+    ]
+    bento = s["bentoml"]
+    if "rows" in bento:
+        out += [
+            "BentoML 1.4 with adaptive batching (`bench/peer_bentoml.py`: decode, crop, resize, normalise, ONNX"
+            f" Runtime, conv5 average pooling, JSON); both servers' answers agree within {bento['max_abs_diff']:.1e}.",
+            "",
+            "| clients | ours img/s (p99 ms) | BentoML img/s (p99 ms) | ours / BentoML |",
+            "|---|---|---|---|",
+        ]
+        ours = s["service"]["features"]["on"]
+        for c, b in bento["rows"].items():
+            o = ours[c]
+            out.append(
+                f"| {c} | {o['images_per_s']:.0f} ({o['p99_ms']:.0f}) | {b['images_per_s']:.0f} ({b['p99_ms']:.0f})"
+                f" | **{o['images_per_s'] / b['images_per_s']:.2f}** |"
+            )
+    else:
+        out.append(f"Not measured: {bento['skipped']}.")
+    out += ["", "## 4. Training throughput (images/s per stage, optimised vs plain fp32 eager)", ""]
+    if s["training"]:
+        out += ["| preset | stage | " + " | ".join(next(iter(s["training"].values()))["stages"]["ae"]) + " |"]
+        out += ["|---|---|" + "---|" * len(next(iter(s["training"].values()))["stages"]["ae"])]
+        for preset, t in s["training"].items():
+            for stage, variants in t["stages"].items():
+                cells = [f"{v['img_per_s']:.0f} ({v['vs_fp32_eager']:.2f}x)" for v in variants.values()]
+                out.append(f"| {preset} (batch {t['batch_size']}) | {stage} | " + " | ".join(cells) + " |")
+        out += ["", "Random tensors in, one optimiser step per batch (`python -m training speed`)."]
+    else:
+        out.append("Not measured in this run.")
+    out += ["", "## 5. GPU variant", ""]
+    gpu_engine = {k: v for k, v in s["engine"]["rows"].items() if k.startswith(("cuda", "tensorrt"))}
+    if gpu_engine or "skipped" not in s["gpu_service"]:
+        out += ["Engine rows `cuda_fp32` / `tensorrt_fp16` are in the engine table above; the service on CUDA:", ""]
+        out += service_table(s["gpu_service"]["features"], None)
+    else:
+        out.append(f"Not run: {s['gpu_service']['skipped']} (it runs wherever ONNX Runtime has CUDA).")
+    out += ["", "## Profile: where the time goes", ""]
+    prof = s["profile"]
+    if "skipped" in prof:
+        out.append(f"Not profiled: {prof['skipped']}.")
+    else:
+        load = prof["load"]
+        total = sum(prof["gil_ms_per_request"].values())
+        out += [
+            f"`{prof['route']}` at {prof['clients']} clients ({load['req_per_s']:.0f} req/s, {load['images_per_run']:.1f}"
+            f" images per run), sampled by py-spy at 250 Hz while the event-loop thread held the GIL. That thread"
+            f" held it {100 * prof['gil_share_of_wall_time']:.0f}% of the time, {total:.2f} ms per request: on its own"
+            f" that caps one process at {1000 / total:.0f} requests/s. Meanwhile the other threads (ONNX Runtime)"
+            f" used {load['other_threads_ms_per_image']:.2f} ms of CPU per image and the whole server"
+            f" {load['cpu_cores']:.2f} of {hw['cores']} cores.",
+            "",
+            "| stage (Python, event-loop thread) | ms per request | share |",
+            "|---|---|---|",
+        ]
+        for stage, ms in prof["gil_ms_per_request"].items():
+            out.append(f"| {stage} | {ms:.3f} | {100 * ms / total:.0f}% |")
+    return "\n".join(out) + "\n"
+
+
+def plots(s: dict, folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    engine.plot(s["engine"], folder / "engine.png")
+    series = {
+        "/features, batching on": s["service"]["features"]["on"],
+        "/features, batching off": s["service"]["features"]["off"],
+        "/spot, batching on": s["service"]["spot"]["on"],
+        "/spot, batching off": s["service"]["spot"]["off"],
+        "/features, 16 images/request": s["service"]["features_16_per_request"]["on"],
+    }
+    if "rows" in s["bentoml"]:
+        series["BentoML, adaptive batching"] = s["bentoml"]["rows"]
+    for metric, ylabel, name in (
+        ("images_per_s", "images / s", "service.png"),
+        ("p99_ms", "p99 latency (ms)", "latency.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for label, rows in series.items():
+            ax.plot([int(c) for c in rows], [r[metric] for r in rows.values()], "o-", label=label)
+        if metric == "images_per_s":
+            limit = max(s["engine"]["rows"]["onnxruntime_with_decode"].values())
+            ax.axhline(limit, color="grey", ls="--", label="engine limit with decode")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{s['model_dir']}, {s['hardware']['cores']} cores", fontsize=9)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=110)
+        plt.close(fig)
+
+
+def write(s: dict, folder: Path, results_md: Path) -> None:
+    plots(s, folder)
+    text = markdown(s)
+    relative = os.path.relpath(folder, results_md.parent)
+    results_md.write_text(text.replace("](results/", f"]({relative}/"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--suite", type=Path, default=REPO / "bench" / "results" / "suite.json")
+    p.add_argument("--results-md", type=Path, default=REPO / "bench" / "RESULTS.md")
+    args = p.parse_args()
+    write(json.loads(args.suite.read_text()), args.suite.parent, args.results_md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The whole benchmark suite in one run, on one model: the engine limit, the service over a concurrency
+sweep (/features and /spot, batching on and off, 1 and 16 images per request), BentoML on the same
+model and load, training throughput, the GPU variant where a GPU is present, and a profile of where the
+service's time goes. Writes bench/results/suite.json, bench/RESULTS.md and the plots beside them.
+
+    python -m bench                 # about 10 minutes on 2 cores; --quick for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import onnxruntime
+
+from . import engine, peer, profile, report, service
+from .context import commit, hardware
+from .load import jpeg_crops, write_bodies
+from .server import REPO
+
+FULL_WIDTH = REPO / "runs" / "bench-full"
+BUILD_FULL_WIDTH = [
+    # the shipped architecture at full width (the paper's channel counts, 168.7 MFLOP per image, like the
+    # 154.5 MFLOP model of ../shared/docs/SERVING_ANCHORS.md); one supervised step: effectively random weights
+    [sys.executable, "-m", "training", "train", "--preset", "tiny64", "--run-dir", str(FULL_WIDTH), "--no-progress",
+     "--model.width=1", "--train.stages=supervised", "--train.supervised_steps=1"],
+    [sys.executable, "-m", "training", "export", "--checkpoint", str(FULL_WIDTH / "checkpoint.pt"),
+     "--out", str(FULL_WIDTH / "export")],
+]  # fmt: skip
+
+
+def full_width_model() -> Path:
+    if not (FULL_WIDTH / "export" / "model.json").exists():
+        for cmd in BUILD_FULL_WIDTH:
+            subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=1800)
+    return FULL_WIDTH / "export"
+
+
+def training_speed(presets: list[str], steps: int) -> dict:
+    out = {}
+    for preset in presets:
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            cmd = [
+                sys.executable,
+                "-m",
+                "training",
+                "speed",
+                "--preset",
+                preset,
+                "--steps",
+                str(steps),
+                "--out",
+                f.name,
+            ]
+            subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=1800)
+            out[preset] = json.loads(Path(f.name).read_text())
+    return out
+
+
+def bentoml_rows(venv: Path, model_dir: Path, bodies: Path, jpeg: bytes, clients: list[int], seconds: float) -> dict:
+    if not (venv / "bin" / "bentoml").exists():
+        return {"skipped": f"no BentoML environment at {venv} (bench/README.md says how to make one)"}
+    from .server import Server
+
+    ours, bento = Server(model_dir, ready="/readyz", access_log="false"), peer.bento_server(venv, model_dir)
+    try:
+        diff = peer.same_answer(ours.url, bento.url, jpeg)
+    finally:
+        ours.stop()
+    try:
+        return {
+            "max_abs_diff": diff,
+            "rows": service_like(peer.sweep(f"{bento.url}/features", bodies, clients, seconds)),
+        }
+    finally:
+        bento.stop()
+
+
+def service_like(rows: dict) -> dict:
+    """BentoML rows in the service rows' terms (one image per request)."""
+    return {c: {**r, "images_per_s": r["req_per_s"]} for c, r in rows.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", type=Path, help="default: the full-width model, built on first use")
+    p.add_argument("--photos", type=Path, default=REPO.parent / "shared" / "data" / "photos")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--seconds", type=float, default=8, help="per load level, after a 2 s warm-up")
+    p.add_argument("--engine-seconds", type=float, default=2, help="per engine measurement")
+    p.add_argument("--presets", nargs="*", default=["tiny64", "cifar32"], help="training speed; none to skip")
+    p.add_argument("--bentoml-venv", type=Path, default=REPO / ".venv-bentoml")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 1 s levels, clients 1 and 4, no training")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="suite.json and the plots")
+    p.add_argument("--results-md", type=Path, default=REPO / "bench" / "RESULTS.md")
+    args = p.parse_args()
+    if args.quick:
+        args.clients, args.seconds, args.engine_seconds, args.presets = [1, 4], 1, 0.05, []
+    model_dir = (args.model_dir or full_width_model()).resolve()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    jpegs = jpeg_crops(args.photos)
+    with tempfile.TemporaryDirectory() as tmp:
+        bodies = {k: write_bodies(jpegs, Path(tmp) / f"x{k}", per_request=k) for k in (1, 16)}
+        bento_bodies = write_bodies(jpegs, Path(tmp) / "bento", field="images")
+        few = [c for c in args.clients if c <= 16]
+        level = dict(model_dir=model_dir, bodies=bodies, seconds=args.seconds)
+        on_gpu = dict(providers="cuda", require_gpu="true")
+        results = {
+            "engine": engine.measure(model_dir, args.photos, args.engine_seconds),
+            "service": {
+                "features": {
+                    "on": service.sweep(route="features", per_request=1, clients=args.clients, **level),
+                    "off": service.sweep(
+                        route="features", per_request=1, clients=args.clients, batching=False, **level
+                    ),
+                },
+                "spot": {
+                    "on": service.sweep(route="spot", per_request=1, clients=args.clients, **level),
+                    "off": service.sweep(route="spot", per_request=1, clients=args.clients, batching=False, **level),
+                },
+                "features_16_per_request": {
+                    "on": service.sweep(route="features", per_request=16, clients=few, **level),
+                },
+            },
+            "bentoml": bentoml_rows(args.bentoml_venv, model_dir, bento_bodies, jpegs[0], args.clients, args.seconds),
+            "gpu_service": (
+                {"features": service.sweep(route="features", per_request=1, clients=args.clients, **level, **on_gpu)}
+                if "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+                else {"skipped": "no CUDA provider on this machine"}
+            ),
+            "profile": profile.measure(
+                model_dir, bodies[1], clients=max(args.clients), seconds=min(6, 2 + args.seconds)
+            ),
+            "training": training_speed(args.presets, steps=10),
+        }
+    suite = {
+        "command": "python -m bench " + " ".join(sys.argv[1:]),
+        "commit": commit(),
+        "started": started.isoformat(timespec="seconds"),
+        "minutes": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds() / 60, 1),
+        "hardware": hardware(),
+        "model_dir": str(model_dir.relative_to(REPO) if model_dir.is_relative_to(REPO) else model_dir),
+        "clients": args.clients,
+        "seconds": args.seconds,
+        **results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "suite.json").write_text(json.dumps(suite, indent=2) + "\n")
+    report.write(suite, args.out, args.results_md)
+    print(args.results_md.read_text())
+
+
+if __name__ == "__main__":
+    main()
