@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from service.images import decode
-from service.model import ExportedModel
+from service.model import ExportedModel, trunk_graph
 from service.preprocess import centre_view
 
 from .context import commit, hardware, timed
@@ -26,9 +26,9 @@ from .server import REPO
 BATCHES = (1, 4, 16, 64, 256)
 
 
-def macs_per_image(onnx_path: Path) -> int:
+def macs_per_image(model: Path | onnx.ModelProto) -> int:
     """Multiply-accumulates of the Conv and Gemm/MatMul nodes for one image (shape inference at batch 1)."""
-    model = onnx.load(str(onnx_path))
+    model = onnx.load(str(model)) if isinstance(model, Path) else model
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
     model = onnx.shape_inference.infer_shapes(model)
     values = [*model.graph.input, *model.graph.value_info, *model.graph.output]
@@ -67,38 +67,48 @@ def matmul_peak_gflops(seconds: float = 2.0, n: int = 2048) -> float:
 
 
 def onnxruntime_rows(model: ExportedModel, jpegs: list[bytes], seconds: float) -> dict:
-    rows = {"onnxruntime": {}, "onnxruntime_with_decode": {}}
+    """The whole graph (what /spot runs) and the trunk alone (what /features runs: `ExportedModel` cuts the
+    heads off when only feature maps are asked for), on decoded input and with the service's decode."""
+    rows = {
+        k: {} for k in ("onnxruntime", "onnxruntime_with_decode", "onnxruntime_trunk", "onnxruntime_trunk_with_decode")
+    }
     rng = np.random.default_rng(0)
     for b in BATCHES:
         x = rng.uniform(-120, 130, (b, 3, model.size, model.size)).astype(np.float32)
-        rows["onnxruntime"][b] = timed(lambda: model.run(x), b, seconds)
         chunk = [jpegs[i % len(jpegs)] for i in range(b)]
 
-        def decode_and_run():
+        def decode_and_run(names):
             rgbs = [decode(data, "x.jpg", 50_000_000, {"JPEG"}) for data in chunk]
-            batch = np.stack([model.normalize(centre_view(rgb, model.size, model.crop_fraction)) for rgb in rgbs])
-            model.run(batch)
+            model.run(
+                np.stack([model.normalize(centre_view(rgb, model.size, model.crop_fraction)) for rgb in rgbs]), names
+            )
 
-        rows["onnxruntime_with_decode"][b] = timed(decode_and_run, b, seconds)
+        for suffix, names in (("", model.outputs), ("_trunk", model.layers)):
+            rows[f"onnxruntime{suffix}"][b] = timed(lambda: model.run(x, names), b, seconds)
+            rows[f"onnxruntime{suffix}_with_decode"][b] = timed(lambda: decode_and_run(names), b, seconds)
     return rows
 
 
 def pytorch_rows(meta: dict, seconds: float) -> dict:
-    """The same architecture (random weights: speed does not depend on them) in PyTorch eager."""
+    """The same computations in PyTorch eager (random weights: speed does not depend on them): the whole
+    exported graph (feature maps and both heads) in fp32 and bf16 autocast, and the trunk alone in fp32."""
     import torch
 
     from training.config import Config
+    from training.export import SpotExport
     from training.networks import build_networks
 
     disc = build_networks(Config.from_dict(meta["training"]["config"]).model)["disc"].eval()
+    whole = SpotExport(disc).eval()
     size = meta["preprocessing"]["input_size"]
-    rows = {"pytorch_fp32": {}, "pytorch_bf16": {}}
+    rows = {"pytorch_fp32": {}, "pytorch_bf16": {}, "pytorch_trunk_fp32": {}}
     for b in BATCHES:
         x = torch.randn(b, 3, size, size) * 60
         with torch.inference_mode():
-            rows["pytorch_fp32"][b] = timed(lambda: disc.forward_intermediates(x), b, seconds)
+            rows["pytorch_fp32"][b] = timed(lambda: whole(x), b, seconds)
+            rows["pytorch_trunk_fp32"][b] = timed(lambda: disc.forward_intermediates(x), b, seconds)
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                rows["pytorch_bf16"][b] = timed(lambda: disc.forward_intermediates(x), b, seconds)
+                rows["pytorch_bf16"][b] = timed(lambda: whole(x), b, seconds)
     return rows
 
 
@@ -114,20 +124,27 @@ def table(report: dict) -> str:
     """Model, FLOPs and peak in a sentence, then images/s per batch size for every row."""
     flop = 2 * report["macs_per_image"]
     lines = [
-        f"Model `{report['model_dir']}`: {flop / 1e6:.1f} MFLOP per image"
-        f" (Conv + Gemm multiply-adds x 2, from the ONNX graph). Peak: {report['peak_gflops']:.0f} GFLOP/s, an"
+        f"Model `{report['model_dir']}`: {flop / 1e6:.1f} MFLOP per image, {2 * report['trunk_macs_per_image'] / 1e6:.1f}"
+        f" in the trunk (Conv + Gemm multiply-adds x 2, from the ONNX graph). Peak: {report['peak_gflops']:.0f} GFLOP/s, an"
         " fp32 2048x2048 matrix product in ONNX Runtime on all cores (the practical peak, not the data-sheet one).",
         "",
-        "| batch | " + " | ".join(report["rows"]) + " | ONNX Runtime / PyTorch fp32 | ONNX Runtime % of peak |",
-        "|---|" + "---|" * (len(report["rows"]) + 2),
+        "| batch | " + " | ".join(report["rows"]) + " | ONNX Runtime / PyTorch fp32, whole graph | same, trunk"
+        " | ONNX Runtime % of peak, whole graph | same, trunk |",
+        "|---|" + "---|" * (len(report["rows"]) + 4),
     ]
-    for b in BATCHES:
-        cells = [f"{report['rows'][k][str(b)]:.0f}" for k in report["rows"]]
-        ort_rate = report["rows"]["onnxruntime"][str(b)]
-        ratio = ort_rate / report["rows"]["pytorch_fp32"][str(b)]
-        util = 100 * ort_rate * flop / 1e9 / report["peak_gflops"]
-        lines.append(f"| {b} | " + " | ".join(cells) + f" | {ratio:.2f} | {util:.0f}% |")
-    return "\n".join(lines) + "\n\nImages per second.\n"
+    rows = report["rows"]
+    for b in map(str, BATCHES):
+        cells = [f"{rows[k][b]:.0f}" for k in rows]
+        whole = rows["onnxruntime"][b] / rows["pytorch_fp32"][b]
+        trunk = rows["onnxruntime_trunk"][b] / rows["pytorch_trunk_fp32"][b]
+        peak_whole = 100 * rows["onnxruntime"][b] * flop / 1e9 / report["peak_gflops"]
+        peak_trunk = (
+            100 * rows["onnxruntime_trunk"][b] * 2 * report["trunk_macs_per_image"] / 1e9 / report["peak_gflops"]
+        )
+        lines.append(
+            f"| {b} | " + " | ".join(cells) + f" | {whole:.2f} | {trunk:.2f} | {peak_whole:.0f}% | {peak_trunk:.0f}% |"
+        )
+    return "\n".join(lines) + '\n\nImages per second; "trunk" = conv1..conv5 only, the graph /features runs.\n'
 
 
 def plot(report: dict, path: Path) -> None:
@@ -183,6 +200,9 @@ def measure(model_dir: Path, photos: Path, seconds: float) -> dict:
         "hardware": hardware(),
         "model_dir": str(model_dir.relative_to(REPO) if model_dir.is_relative_to(REPO) else model_dir),
         "macs_per_image": macs_per_image(model_dir / "model.onnx"),
+        "trunk_macs_per_image": macs_per_image(
+            onnx.load_from_string(trunk_graph(model_dir / "model.onnx", model.layers))
+        ),
         "peak_gflops": matmul_peak_gflops(),
         "rows": {k: {str(b): v for b, v in row.items()} for k, row in rows.items()},
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +23,17 @@ from .load import jpeg_crops, write_bodies, wrk
 from .server import REPO, Server, ServerProcess, free_port
 
 OURS_ROUTE = "/features?layers=conv5&pool=avg"
+# its own environment, so that its dependencies never mix with ours; the model runtime pins are ours
+BENTOML_REQUIREMENTS = ["bentoml==1.4.40", "onnxruntime==1.31.1", "onnx==1.23.2", "pillow==13.0.0", "numpy==2.4.6"]
+
+
+def ensure_bentoml_venv(venv: Path) -> None:
+    """Creates the BentoML environment on first use (about 30 s from PyPI)."""
+    if (venv / "bin" / "bentoml").exists():
+        return
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "pip"), "install", "--quiet", *BENTOML_REQUIREMENTS]
+    subprocess.run(pip, check=True, timeout=900)
 
 
 def bento_server(venv: Path, model_dir: Path, timeout: float = 120) -> ServerProcess:

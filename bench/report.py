@@ -24,24 +24,31 @@ def verdict(value: float, goal: float) -> str:
 
 
 def headline(s: dict) -> tuple[list[str], dict]:
-    """The issue's four targets: measured ratio, goal, met or by how much it was missed."""
+    """The issue's four targets: measured ratio, goal, met or by how much it was missed. Each service row is
+    held against the engine running the same graph: /features the trunk, /spot the whole graph."""
     eng = s["engine"]["rows"]
-    eb, e_rate = max(eng["onnxruntime_with_decode"].items(), key=lambda kv: kv[1])
+    tb, trunk_rate = max(eng["onnxruntime_trunk_with_decode"].items(), key=lambda kv: kv[1])
+    wb, whole_rate = max(eng["onnxruntime_with_decode"].items(), key=lambda kv: kv[1])
     feats = s["service"]["features"]["on"]
     c1, r1 = best(feats)
+    cs, rs = best(s["service"]["spot"]["on"])
     c16, r16 = best(s["service"]["features_16_per_request"]["on"])
     ort_pt = eng["onnxruntime"]["1"] / eng["pytorch_fp32"]["1"]
     ratios = {
-        "service_vs_engine": r1["images_per_s"] / e_rate,
-        "x16_vs_engine": r16["images_per_s"] / e_rate,
+        "service_vs_engine": r1["images_per_s"] / trunk_rate,
+        "spot_vs_engine": rs["images_per_s"] / whole_rate,
+        "x16_vs_engine": r16["images_per_s"] / trunk_rate,
         "ort_vs_pytorch_b1": ort_pt,
     }
     lines = [
         "| target | measured | goal | |",
         "|---|---|---|---|",
-        f"| one image per request: service / engine limit with decode | **{ratios['service_vs_engine']:.2f}**"
-        f" ({r1['images_per_s']:.0f} img/s at {c1} clients / {e_rate:.0f} img/s at batch {eb}) | >= 0.6 |"
-        f" {verdict(ratios['service_vs_engine'], 0.6)} |",
+        f"| one image per request, `/features`: service / engine limit with decode (trunk) |"
+        f" **{ratios['service_vs_engine']:.2f}** ({r1['images_per_s']:.0f} img/s at {c1} clients /"
+        f" {trunk_rate:.0f} img/s at batch {tb}) | >= 0.6 | {verdict(ratios['service_vs_engine'], 0.6)} |",
+        f"| one image per request, `/spot`: service / engine limit with decode (whole graph) |"
+        f" **{ratios['spot_vs_engine']:.2f}** ({rs['images_per_s']:.0f} img/s at {cs} clients /"
+        f" {whole_rate:.0f} img/s at batch {wb}) | >= 0.6 | {verdict(ratios['spot_vs_engine'], 0.6)} |",
     ]
     bento = s["bentoml"].get("rows")
     if bento:
@@ -53,10 +60,12 @@ def headline(s: dict) -> tuple[list[str], dict]:
     else:
         lines.append(f"| ours / BentoML | not measured: {s['bentoml'].get('skipped')} | >= 1.5 | |")
     lines += [
-        f"| 16 images per request: service / engine limit with decode | **{ratios['x16_vs_engine']:.2f}**"
-        f" ({r16['images_per_s']:.0f} img/s at {c16} clients) | >= 0.9 | {verdict(ratios['x16_vs_engine'], 0.9)} |",
-        f"| ONNX Runtime / PyTorch eager fp32 at batch 1 | **{ort_pt:.2f}** ({eng['onnxruntime']['1']:.0f} vs"
-        f" {eng['pytorch_fp32']['1']:.0f} img/s) | >= 2 | {verdict(ort_pt, 2.0)} |",
+        f"| 16 images per request, `/features`: service / engine limit with decode (trunk) |"
+        f" **{ratios['x16_vs_engine']:.2f}** ({r16['images_per_s']:.0f} img/s at {c16} clients) | >= 0.9 |"
+        f" {verdict(ratios['x16_vs_engine'], 0.9)} |",
+        f"| ONNX Runtime / PyTorch eager fp32 at batch 1, whole graph | **{ort_pt:.2f}** ({eng['onnxruntime']['1']:.0f}"
+        f" vs {eng['pytorch_fp32']['1']:.0f} img/s; trunk only:"
+        f" {eng['onnxruntime_trunk']['1'] / eng['pytorch_trunk_fp32']['1']:.2f}) | >= 2 | {verdict(ort_pt, 2.0)} |",
     ]
     return lines, ratios
 
@@ -130,8 +139,10 @@ def markdown(s: dict) -> str:
     bento = s["bentoml"]
     if "rows" in bento:
         out += [
-            "BentoML 1.4 with adaptive batching (`bench/peer_bentoml.py`: decode, crop, resize, normalise, ONNX"
-            f" Runtime, conv5 average pooling, JSON); both servers' answers agree within {bento['max_abs_diff']:.1e}.",
+            "BentoML 1.4 with adaptive batching, up to 64 images per run (`bench/peer_bentoml.py`: decode, crop,"
+            " resize, normalise, ONNX Runtime through the service's own `ExportedModel`, so the same sessions and"
+            " the same trunk-only graph, conv5 average pooling, JSON): only the serving layer differs. Both"
+            f" servers' answers agree within {bento['max_abs_diff']:.1e}.",
             "",
             "| clients | ours img/s (p99 ms) | BentoML img/s (p99 ms) | ours / BentoML |",
             "|---|---|---|---|",
@@ -210,8 +221,12 @@ def plots(s: dict, folder: Path) -> None:
         for label, rows in series.items():
             ax.plot([int(c) for c in rows], [r[metric] for r in rows.values()], "o-", label=label)
         if metric == "images_per_s":
-            limit = max(s["engine"]["rows"]["onnxruntime_with_decode"].values())
-            ax.axhline(limit, color="grey", ls="--", label="engine limit with decode")
+            for row, style, graph in (
+                ("onnxruntime_trunk_with_decode", "--", "trunk: /features"),
+                ("onnxruntime_with_decode", ":", "whole graph: /spot"),
+            ):
+                limit = max(s["engine"]["rows"][row].values())
+                ax.axhline(limit, color="grey", ls=style, label=f"engine limit with decode ({graph})")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(ylabel)

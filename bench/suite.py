@@ -64,7 +64,7 @@ def training_speed(presets: list[str], steps: int) -> dict:
 
 def bentoml_rows(venv: Path, model_dir: Path, bodies: Path, jpeg: bytes, clients: list[int], seconds: float) -> dict:
     if not (venv / "bin" / "bentoml").exists():
-        return {"skipped": f"no BentoML environment at {venv} (bench/README.md says how to make one)"}
+        return {"skipped": f"no BentoML environment at {venv} (made on first use unless --quick)"}
     from .server import Server
 
     ours, bento = Server(model_dir, ready="/readyz", access_log="false"), peer.bento_server(venv, model_dir)
@@ -102,6 +102,8 @@ def main() -> None:
     if args.quick:
         args.clients, args.seconds, args.engine_seconds, args.presets = [1, 4], 1, 0.05, []
     model_dir = (args.model_dir or full_width_model()).resolve()
+    if not args.quick:
+        peer.ensure_bentoml_venv(args.bentoml_venv)
     started = datetime.datetime.now(datetime.timezone.utc)
     jpegs = jpeg_crops(args.photos)
     with tempfile.TemporaryDirectory() as tmp:

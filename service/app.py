@@ -156,12 +156,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
             raise HTTPException(401, "missing or wrong API key (Authorization: Bearer <key>)")
 
-    async def infer(batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-        """The batcher's answer, or a quick 503 when it is full and a 504 when it takes too long."""
+    def submit(batch: np.ndarray, names: list[str]) -> asyncio.Future:
+        """The job queued for the batcher, or a quick 503 when it is full."""
         try:
-            return await asyncio.wait_for(state["batcher"].run(batch, names), settings.request_timeout_s)
+            return state["batcher"].submit(batch, names)
         except QueueFull as exc:
             raise HTTPException(503, f"overloaded: {exc}; retry shortly", headers={"Retry-After": "1"}) from None
+
+    async def result(job: asyncio.Future) -> dict[str, np.ndarray]:
+        """The batcher's answer, or a 504 when it takes too long."""
+        try:
+            return await asyncio.wait_for(job, settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(504, f"no result within {settings.request_timeout_s} s") from None
 
@@ -218,18 +223,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> dict:
         check_auth(request)
         model = ready_model()
-        images, body = await opened_images(request)
-        query = {"layers": layers, "pool": pool_, "normalize": normalize_, "encoding": encoding, "dtype": dtype}
-        p = feature_params({k: v for k, v in query.items() if v}, body, model.layers, model.layers[-1])
+        with state["batcher"].arriving_request():  # the batcher may wait for this one
+            images, body = await opened_images(request)
+            query = {"layers": layers, "pool": pool_, "normalize": normalize_, "encoding": encoding, "dtype": dtype}
+            p = feature_params({k: v for k, v in query.items() if v}, body, model.layers, model.layers[-1])
 
-        def prepare():
-            return np.stack(
-                [model.normalize(centre_view(to_array(img, n), model.size, model.crop_fraction)) for n, img in images]
-            )
+            def prepare():
+                views = [centre_view(to_array(img, n), model.size, model.crop_fraction) for n, img in images]
+                return np.stack([model.normalize(v) for v in views])
 
-        batch = await cheap_here_else_thread(pixels(images), prepare, "preprocess")
+            job = submit(await cheap_here_else_thread(pixels(images), prepare, "preprocess"), p["layers"])
         started = time.perf_counter()
-        outputs = await infer(batch, p["layers"])
+        outputs = await result(job)
         metrics.images.labels("/features").inc(len(images))
         probe = model.meta["probe_pooling"]
         results = []
@@ -257,21 +262,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> dict:
         check_auth(request)
         model = ready_model()
-        images, body = await opened_images(request)
-        p = spot_params({"heatmap": heatmap} if heatmap else {}, body)
+        with state["batcher"].arriving_request():  # the batcher may wait for this one
+            images, body = await opened_images(request)
+            p = spot_params({"heatmap": heatmap} if heatmap else {}, body)
 
-        def prepare():
-            per_image = []
-            for name, img in images:
-                rgb = to_array(img, name)
-                t, positions, covered = tiles(rgb, model.size)
-                if len(t) > settings.max_tiles:
-                    raise HTTPException(413, f"{name}: {len(t)} tiles exceed the limit of {settings.max_tiles}")
-                per_image.append((name, rgb, t, positions, covered))
-            return per_image, np.concatenate([np.stack([model.normalize(x) for x in t]) for _, _, t, _, _ in per_image])
+            def prepare():
+                per_image = []
+                for name, img in images:
+                    rgb = to_array(img, name)
+                    t, positions, covered = tiles(rgb, model.size)
+                    if len(t) > settings.max_tiles:
+                        raise HTTPException(413, f"{name}: {len(t)} tiles exceed the limit of {settings.max_tiles}")
+                    per_image.append((name, rgb, t, positions, covered))
+                batch = np.concatenate([np.stack([model.normalize(x) for x in t]) for _, _, t, _, _ in per_image])
+                return per_image, batch
 
-        per_image, batch = await cheap_here_else_thread(pixels(images), prepare, "preprocess")
-        outputs = await infer(batch, ["real_logit", "mask_logits"])
+            per_image, batch = await cheap_here_else_thread(pixels(images), prepare, "preprocess")
+            job = submit(batch, ["real_logit", "mask_logits"])
+        outputs = await result(job)
         metrics.images.labels("/spot").inc(len(images))
         results = await cheap_here_else_thread(
             pixels(images),

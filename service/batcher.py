@@ -2,15 +2,16 @@
 
 Knobs as in Triton/TorchServe: `max_batch_size` images per run and `max_batch_delay_ms` to wait for
 more once a first request is queued (0 = take only what is already waiting). With `adaptive_delay`
-the wait applies only while requests are concurrent (the last run served more than one), so a lone
-client never waits for company that is not coming; without it every first request waits, as in
-Triton and TorchServe. Runs happen on one worker thread, so the event loop never blocks and the
+the wait applies only while other requests are being read and decoded (they are about to join), so a
+lone client, or clients that are all in the batch already, never wait for company that is not coming;
+without it every first request waits, as in Triton and TorchServe. Runs happen on one worker thread, so the event loop never blocks and the
 session is never entered twice at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.task: asyncio.Task | None = None
         self.pending: Job | None = None
-        self.last_jobs = 0  # requests in the last run
+        self.arriving = 0  # requests being read and decoded: they will queue a job soon
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
@@ -63,26 +64,40 @@ class Batcher:
             self.task.cancel()
         self.executor.shutdown(wait=True)
 
-    async def run(self, inputs: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    @contextlib.contextmanager
+    def arriving_request(self):
+        """Around reading and decoding a request, until its job is submitted: the batcher waits for it."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+
+    def submit(self, inputs: np.ndarray, names: list[str]) -> asyncio.Future:
+        """Queues a job at once (no await: nothing can run between the caller's decode and its job being
+        visible); the future is cancelled by a timeout, and the job then dropped when its turn comes."""
         if self.max_queue and self.queued + len(inputs) > self.max_queue:
             raise QueueFull(f"{self.queued} images are waiting (limit {self.max_queue})")
         job = Job(inputs, names, asyncio.get_running_loop().create_future())
         self.queued += len(inputs)
-        await self.queue.put(job)
-        return await job.future  # cancelled by a timeout: the job is dropped when its turn comes
+        self.queue.put_nowait(job)
+        return job.future
+
+    async def run(self, inputs: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        return await self.submit(inputs, names)
 
     async def _collect(self) -> list[Job]:
         """The next batch: the first waiting job, everything already queued behind it, and what arrives
         before the delay has passed, up to max_batch_size."""
         first, self.pending = self.pending or await self.queue.get(), None
         jobs, size = [first], len(first.inputs)
-        delay = 0.0 if self.adaptive_delay and self.last_jobs <= 1 else self.delay
-        deadline = time.perf_counter() + delay
+        deadline = time.perf_counter() + self.delay
         while size < self.max_batch_size:
+            worth_waiting = self.arriving > 0 or not self.adaptive_delay
             try:
                 if not self.queue.empty():  # waiting jobs always join, however late it is
                     job = self.queue.get_nowait()
-                elif (remaining := deadline - time.perf_counter()) > 0:
+                elif worth_waiting and (remaining := deadline - time.perf_counter()) > 0:
                     job = await asyncio.wait_for(self.queue.get(), remaining)
                 else:
                     break
@@ -93,7 +108,6 @@ class Batcher:
                 break
             jobs.append(job)
             size += len(job.inputs)
-        self.last_jobs = len(jobs)
         return jobs
 
     async def _loop(self) -> None:

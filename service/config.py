@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     allowed_formats: str = "JPEG,PNG,WEBP,GIF,BMP,TIFF"
     max_batch_size: int = 64  # images per ONNX Runtime run (1 = batching off)
     max_batch_delay_ms: float = 2.0  # how long a first request waits for others to join its batch
-    adaptive_batch_delay: bool = True  # wait only while requests are concurrent; false = always (as Triton)
+    adaptive_batch_delay: bool = True  # wait only while other requests are arriving; false = always (as Triton)
     max_queue_images: int = 2048  # images waiting for the model; more is a quick 503 + Retry-After, not a timeout
     request_timeout_s: float = 60.0  # waiting for the model longer than this is a 504
     threshold: float = 0.0  # /spot: artifact_score above it = altered; 0 = the model's own (model.json, else 0.5)

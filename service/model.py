@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnx.utils
 import onnxruntime as ort
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,17 @@ def choose_providers(setting: str) -> list[str]:
     ]
 
 
+def trunk_graph(onnx_path: Path, layers: list[str]) -> bytes:
+    """The graph cut down to the feature maps. ONNX Runtime runs every node whatever outputs are asked for,
+    and the heads' fc1 (a 4096 x 4096 matrix at full width, read from memory for every batch) is most of a
+    small batch's time, so /features gets its own session without the heads."""
+    model = onnx.load(str(onnx_path))
+    return onnx.utils.Extractor(model).extract_model([model.graph.input[0].name], layers).SerializeToString()
+
+
 class ExportedModel:
-    """Reads the contract of models/README.md; `run` maps a float32 NCHW batch to named outputs."""
+    """Reads the contract of models/README.md; `run` maps a float32 NCHW batch to named outputs (on the
+    trunk-only session when only feature maps are asked for)."""
 
     def __init__(
         self, folder: Path, providers: str = "auto", require_gpu: bool = False, threads: int = 0, spin: bool = True
@@ -58,9 +69,12 @@ class ExportedModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning threads wait for work by burning a core: on a small CPU that core is the HTTP layer's.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        self.layers: list[str] = list(self.meta["layers"])
         try:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=choose_providers(providers))
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own types for a bad graph
+            trunk = trunk_graph(onnx_path, self.layers)
+            self.trunk = ort.InferenceSession(trunk, options, providers=choose_providers(providers))
+        except Exception as exc:  # noqa: BLE001 - ORT and onnx raise their own types for a bad graph
             raise ModelError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from None
         self.provider = self.session.get_providers()[0]
         if require_gpu and self.provider == "CPUExecutionProvider":
@@ -70,7 +84,6 @@ class ExportedModel:
         self.mean = np.asarray(pre["mean"], np.float32)
         self.std = np.asarray(pre["std"], np.float32)
         self.crop_fraction = float(pre.get("crop_fraction", 1.0))
-        self.layers: list[str] = list(self.meta["layers"])
         self.outputs = [o["name"] for o in self.meta["outputs"]]
         self.grid = int(self.meta["mask_grid"])
         self.name, self.version = self.meta["name"], str(self.meta["version"])
@@ -81,7 +94,9 @@ class ExportedModel:
 
     def run(self, batch: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
         names = names or self.outputs
-        return dict(zip(names, self.session.run(names, {"images": np.ascontiguousarray(batch, np.float32)})))
+        session = self.trunk if set(names) <= set(self.layers) else self.session
+        return dict(zip(names, session.run(names, {"images": np.ascontiguousarray(batch, np.float32)})))
 
     def warm_up(self) -> None:
         self.run(np.zeros((1, 3, self.size, self.size), np.float32))
+        self.run(np.zeros((1, 3, self.size, self.size), np.float32), self.layers)
