@@ -131,6 +131,11 @@ def markdown(s: dict) -> str:
         "",
         *service_table(s["service"]["features_16_per_request"]["on"], None),
         "",
+        "`/features`, one image per request, batching on, `SPOT_INTRA_OP_THREADS=1` (ONNX Runtime on one core,"
+        " the event loop on the other; the default is one thread per core):",
+        "",
+        *service_table(s["service"]["features_1_onnxruntime_thread"]["on"], None),
+        "",
         "![throughput](results/service.png) ![latency](results/latency.png)",
         "",
         "## 3. The peer: BentoML, same model, same work, same load",

@@ -24,11 +24,13 @@ def free_port() -> int:
 class ServerProcess:
     """A server command listening on 127.0.0.1:`port`, started and waited for until `ready` answers 200."""
 
-    def __init__(self, cmd: list[str], port: int, env: dict, ready: str, timeout: float, stop_timeout: float = 10):
+    def __init__(
+        self, cmd: list[str], port: int, env: dict, ready: str, timeout: float, stop_timeout: float = 10, cwd=REPO
+    ):
         self.port, self.stop_timeout = port, stop_timeout
         self.url = f"http://127.0.0.1:{port}"
         self.log = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stall the server
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while time.time() < deadline:
             try:
@@ -53,11 +55,12 @@ class ServerProcess:
 
 
 class Server(ServerProcess):
-    """`python -m service`; `env` keys become SPOT_* settings, e.g. Server(model_dir, max_batch_size="1")."""
+    """`python -m service` (of the checkout at `cwd`); `env` keys become SPOT_* settings, e.g.
+    Server(model_dir, max_batch_size="1")."""
 
-    def __init__(self, model_dir: Path, ready: str = "/healthz", timeout: float = 60, **env: str):
+    def __init__(self, model_dir: Path, ready: str = "/healthz", timeout: float = 60, cwd: Path = REPO, **env: str):
         port = free_port()
         environ = dict(os.environ, OMP_NUM_THREADS="1", **{f"SPOT_{k.upper()}": v for k, v in env.items()})
         cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
                "--model-dir", str(model_dir)]  # fmt: skip
-        super().__init__(cmd, port, environ, ready, timeout)
+        super().__init__(cmd, port, environ, ready, timeout, cwd=cwd)

@@ -128,6 +128,11 @@ def main() -> None:
                 "features_16_per_request": {
                     "on": service.sweep(route="features", per_request=16, clients=few, **level),
                 },
+                "features_1_onnxruntime_thread": {  # the event loop keeps a core to itself
+                    "on": service.sweep(
+                        route="features", per_request=1, clients=args.clients, intra_op_threads="1", **level
+                    ),
+                },
             },
             "bentoml": bentoml_rows(args.bentoml_venv, model_dir, bento_bodies, jpegs[0], args.clients, args.seconds),
             "gpu_service": (
