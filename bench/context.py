@@ -19,8 +19,11 @@ def hardware() -> dict:
 
 
 def commit() -> str:
+    """HEAD, "-dirty" when tracked files differ from it (the benchmarks' own outputs excepted)."""
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True)
+    outputs = [":!bench/results", ":!bench/RESULTS.md"]
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *outputs], cwd=REPO,
+                           capture_output=True)  # fmt: skip
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
