@@ -67,6 +67,20 @@ def headline(s: dict) -> tuple[list[str], dict]:
         f" vs {eng['pytorch_fp32']['1']:.0f} img/s; trunk only:"
         f" {eng['onnxruntime_trunk']['1'] / eng['pytorch_trunk_fp32']['1']:.2f}) | >= 2 | {verdict(ort_pt, 2.0)} |",
     ]
+    workers = s["service"].get("features_workers_per_core")
+    if workers:
+        n = s["hardware"]["cores"]
+        cw, rw = best(workers["on"])
+        cw16, rw16 = best(s["service"]["features_16_per_request_workers_per_core"]["on"])
+        ratios["workers_vs_engine"] = rw["images_per_s"] / trunk_rate
+        ratios["workers_x16_vs_engine"] = rw16["images_per_s"] / trunk_rate
+        lines += [
+            f"| the same two engine targets with `SPOT_WORKERS={n}` (a process per core, one ONNX Runtime thread"
+            f" each): one image per request | **{ratios['workers_vs_engine']:.2f}** ({rw['images_per_s']:.0f} img/s"
+            f" at {cw} clients) | >= 0.6 | {verdict(ratios['workers_vs_engine'], 0.6)} |",
+            f"| ... and 16 images per request | **{ratios['workers_x16_vs_engine']:.2f}** ({rw16['images_per_s']:.0f}"
+            f" img/s at {cw16} clients) | >= 0.9 | {verdict(ratios['workers_x16_vs_engine'], 0.9)} |",
+        ]
     return lines, ratios
 
 
@@ -136,6 +150,19 @@ def markdown(s: dict) -> str:
         "",
         *service_table(s["service"]["features_1_onnxruntime_thread"]["on"], None),
         "",
+    ]
+    if "features_workers_per_core" in s["service"]:
+        n = s["hardware"]["cores"]
+        out += [
+            f"`/features`, batching on, `SPOT_WORKERS={n}`: {n} server processes on one port, each with its own"
+            " session (one ONNX Runtime thread) and batcher; one image per request, then 16:",
+            "",
+            *service_table(s["service"]["features_workers_per_core"]["on"], None),
+            "",
+            *service_table(s["service"]["features_16_per_request_workers_per_core"]["on"], None),
+            "",
+        ]
+    out += [
         "![throughput](results/service.png) ![latency](results/latency.png)",
         "",
         "## 3. The peer: BentoML, same model, same work, same load",
@@ -216,6 +243,8 @@ def plots(s: dict, folder: Path) -> None:
         "/spot, batching off": s["service"]["spot"]["off"],
         "/features, 16 images/request": s["service"]["features_16_per_request"]["on"],
     }
+    if "features_workers_per_core" in s["service"]:
+        series[f"/features, SPOT_WORKERS={s['hardware']['cores']}"] = s["service"]["features_workers_per_core"]["on"]
     if "rows" in s["bentoml"]:
         series["BentoML, adaptive batching"] = s["bentoml"]["rows"]
     for metric, ylabel, name in (

@@ -17,17 +17,35 @@ ROUTES = {"features": "/features?layers=conv5&pool=avg", "spot": "/spot?heatmap=
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def thread_cpu_s(pid: int) -> dict[str, float]:
-    """CPU seconds so far of the event-loop (main) thread and of all other threads (ONNX Runtime's, the
-    batcher's, decode workers)."""
-    out = {"event_loop": 0.0, "other_threads": 0.0}
-    for tid in os.listdir(f"/proc/{pid}/task"):
+def process_tree(pid: int) -> list[int]:
+    """The server and its descendants (the worker processes when SPOT_WORKERS > 1)."""
+    pids, i = [pid], 0
+    while i < len(pids):
         try:
-            stat = open(f"/proc/{pid}/task/{tid}/stat").read()
-        except FileNotFoundError:  # a thread that just ended
+            tids = os.listdir(f"/proc/{pids[i]}/task")
+            pids += [int(c) for t in tids for c in open(f"/proc/{pids[i]}/task/{t}/children").read().split()]
+        except FileNotFoundError:  # it just ended
+            pass
+        i += 1
+    return pids
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds so far of the event-loop (main) threads and of all other threads (ONNX Runtime's, the
+    batcher's, decode workers) of the server's processes."""
+    out = {"event_loop": 0.0, "other_threads": 0.0}
+    for proc in process_tree(pid):
+        try:
+            tids = os.listdir(f"/proc/{proc}/task")
+        except FileNotFoundError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        out["event_loop" if int(tid) == pid else "other_threads"] += (int(fields[11]) + int(fields[12])) / TICK
+        for tid in tids:
+            try:
+                stat = open(f"/proc/{proc}/task/{tid}/stat").read()
+            except FileNotFoundError:  # a thread that just ended
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            out["event_loop" if int(tid) == proc else "other_threads"] += (int(fields[11]) + int(fields[12])) / TICK
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -112,6 +113,7 @@ def main() -> None:
         few = [c for c in args.clients if c <= 16]
         level = dict(model_dir=model_dir, bodies=bodies, seconds=args.seconds)
         on_gpu = dict(providers="cuda", require_gpu="true")
+        workers = str(max(2, os.cpu_count() or 1))  # SPOT_WORKERS: one per core
         results = {
             "engine": engine.measure(model_dir, args.photos, args.engine_seconds),
             "service": {
@@ -132,6 +134,14 @@ def main() -> None:
                     "on": service.sweep(
                         route="features", per_request=1, clients=args.clients, intra_op_threads="1", **level
                     ),
+                },
+                "features_workers_per_core": {  # a process per core, each with one ONNX Runtime thread
+                    "on": service.sweep(
+                        route="features", per_request=1, clients=args.clients, workers=workers, **level
+                    ),
+                },
+                "features_16_per_request_workers_per_core": {
+                    "on": service.sweep(route="features", per_request=16, clients=few, workers=workers, **level),
                 },
             },
             "bentoml": bentoml_rows(args.bentoml_venv, model_dir, bento_bodies, jpegs[0], args.clients, args.seconds),

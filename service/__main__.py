@@ -1,14 +1,18 @@
-"""`python -m service [--host H] [--port P] [--model-dir D]`: uvicorn on the shipped model by default."""
+"""`python -m service [--host H] [--port P] [--model-dir D] [--workers N]`: uvicorn on the shipped model by
+default."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import logging
+import os
 import signal
+import tempfile
 from pathlib import Path
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from .app import create_app
 from .config import Settings
@@ -32,11 +36,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model-dir", type=Path, help="an export folder (default: SPOT_MODEL_DIR or models/spot-tiny64)"
     )
+    parser.add_argument("--workers", type=int, help="server processes (default: SPOT_WORKERS or 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings(**({"model_dir": args.model_dir} if args.model_dir else {}))
-    config = uvicorn.Config(
-        create_app(settings),
+    if args.model_dir:  # through the environment, so that worker processes read the same settings
+        os.environ["SPOT_MODEL_DIR"] = str(args.model_dir)
+    if args.workers:
+        os.environ["SPOT_WORKERS"] = str(args.workers)
+    settings = Settings()
+    options = dict(
         host=args.host,
         port=args.port,
         limit_concurrency=512,
@@ -45,7 +53,19 @@ def main(argv: list[str] | None = None) -> None:
         h11_max_incomplete_event_size=65536,
         access_log=settings.access_log,
     )
-    Server(config).run()
+    if settings.workers > 1:
+        serve_workers(settings.workers, options)
+    else:
+        Server(uvicorn.Config(create_app(settings), **options)).run()
+
+
+def serve_workers(workers: int, options: dict) -> None:
+    """Processes sharing one socket, each loading the model and batching on its own (uvicorn's supervisor
+    restarts one that dies); /metrics adds up all of them through Prometheus' multiprocess mode."""
+    with tempfile.TemporaryDirectory(prefix="spot-metrics-") as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client as workers import it
+        config = uvicorn.Config("service.app:create_app", factory=True, workers=workers, **options)
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 
 if __name__ == "__main__":

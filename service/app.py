@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from . import spot
 from .batcher import Batcher, QueueFull
@@ -120,7 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.model_dir,
                 settings.providers,
                 settings.require_gpu,
-                settings.intra_op_threads,
+                settings.intra_op_threads or max(1, (os.cpu_count() or 1) // settings.workers),
                 settings.ort_spinning,
             )
             model.warm_up()
@@ -206,7 +207,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", tags=["health"])
     async def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        registry = metrics.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several workers (SPOT_WORKERS): add up all of them
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/models", tags=["models"])
     async def models() -> dict:

@@ -14,7 +14,8 @@ class Settings(BaseSettings):
     model_dir: Path = REPO / "models" / "spot-tiny64"
     providers: str = "auto"  # auto (CUDA/TensorRT when present, else CPU) | cpu | cuda | tensorrt
     require_gpu: bool = False  # a missing GPU is an error instead of a CPU fallback
-    intra_op_threads: int = 0  # 0 = ONNX Runtime's default (one per core)
+    workers: int = 1  # server processes, each with its own model session and batcher
+    intra_op_threads: int = 0  # 0 = one per core, shared out among the workers
     ort_spinning: bool = True  # ONNX Runtime threads spin between runs: faster hand-off, but burns CPU when idle
     max_body_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 50_000_000  # per image, checked from the header before decoding

@@ -542,3 +542,28 @@ def test_slow_clients_do_not_starve_the_others(server, client):
         for sock in slow:
             sock.close()
     assert client.get("/readyz").json()["ready"] is True
+
+
+def test_two_workers_serve_one_port_and_metrics_add_up(model_dir):
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from bench.server import Server
+
+    s = Server(model_dir, ready="/readyz", workers="2")
+    data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
+    try:
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            children = [int(p) for p in open(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children").read().split()]
+            assert len(children) >= 2  # the supervisor and its workers (and multiprocessing's tracker)
+            with ThreadPoolExecutor(8) as pool:
+                post = lambda _: c.post("/features", files=[("files", ("a.png", data, "image/png"))])  # noqa: E731
+                assert [r.status_code for r in pool.map(post, range(40))] == [200] * 40
+            text = c.get("/metrics").text  # answered by one worker, counting both
+            assert 'spot_requests_total{route="/features",status="200"} 40.0' in text
+            assert 'spot_images_total{route="/features"} 40.0' in text
+    finally:
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(30) == 0
