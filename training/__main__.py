@@ -24,7 +24,7 @@ def resolve_config(preset: str | None, run_dir: Path | None, overrides: list[str
     return load_config(preset, overrides)
 
 
-def run_probe(args) -> dict:
+def run_probe(args, overrides: list[str]) -> dict:
     import torch
 
     from .networks import build_networks
@@ -38,7 +38,7 @@ def run_probe(args) -> dict:
         cfg = load_config(meta["training"]["preset"])
         features, source = onnx_features(args.model), f"onnx:{args.model}"
     else:
-        cfg = load_config(args.random)
+        cfg = load_config(args.random, overrides)  # e.g. --model.width=1.0 for a full-width run's row
         torch.manual_seed(cfg.train.seed)
         features, source = torch_features(build_networks(cfg.model)["disc"]), f"random:{args.random}"
     layers = args.layers.split(",")
@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--checkpoint", type=Path, help="a trained run's checkpoint.pt")
     who.add_argument("--model", type=Path, help="an exported model folder, run by ONNX Runtime")
-    who.add_argument("--random", metavar="PRESET", help="a randomly initialised discriminator of this preset")
+    who.add_argument(
+        "--random", metavar="PRESET", help="a randomly initialised discriminator of this preset (--key=value overrides)"
+    )
     p.add_argument("--layers", default="conv1,conv2,conv3,conv4,conv5", help="comma-separated")
     p.add_argument("--train-data", required=True, help="labelled source spec the probes train on")
     p.add_argument("--test-data", required=True, help="labelled source spec they are tested on")
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         overrides = [parse_override(a) for a in rest]
-        if rest and args.command not in ("train", "speed"):
+        if rest and args.command not in ("train", "speed") and not (args.command == "probe" and args.random):
             raise ValueError(f"{args.command} takes no --key=value overrides: {rest}")
         if args.command == "train":
             cfg = resolve_config(args.preset, args.run_dir, rest)
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.crop, args.limit), indent=2))
         elif args.command == "probe":
-            results = run_probe(args)
+            results = run_probe(args, rest)
             print(json.dumps(results, indent=2))
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -111,7 +111,13 @@ class BiasOnlyBatchNorm(nn.BatchNorm2d):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) + self.bias.view(1, -1, 1, 1)
+        # The shift counts twice, as it always has here (nn.BatchNorm2d.forward passed `self.bias` on to
+        # F.batch_norm, then it was added again), so trained checkpoints keep their meaning. Normalising
+        # without it avoids a bias-only batch norm, whose CUDA backward fails ("invalid gradient ... [0]").
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        normalised = F.batch_norm(x, self.running_mean, self.running_var, None, None, self.training, self.momentum, self.eps)
+        return normalised + 2 * self.bias.view(1, -1, 1, 1)
 
 
 def same_pad(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:

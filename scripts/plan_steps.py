@@ -1,0 +1,19 @@
+"""Split a training time budget between the two stages from a short run's measured speed.
+
+    python scripts/plan_steps.py RUN/metrics.jsonl SECONDS  ->  prints "AE_STEPS SPOT_STEPS"
+
+Each stage's speed is its last logged window (the first includes warm-up); a quarter of the time
+goes to the autoencoder, the rest to the discriminator stage, as in the CPU runs' ratio.
+"""
+
+import json
+import sys
+
+rows = [json.loads(line) for line in open(sys.argv[1])]
+budget = float(sys.argv[2])
+batch = json.load(open(sys.argv[1].replace("metrics.jsonl", "config.json")))["train"]["batch_size"]
+speed = {r["stage"]: r["img_per_s"] / batch for r in rows}  # steps/s, last window wins
+ae_steps = max(10, int(0.25 * budget * speed["ae"]) // 10 * 10)
+spot_steps = max(10, int(0.75 * budget * speed["spot"]) // 10 * 10)
+print(f"speed (steps/s): {speed}", file=sys.stderr)
+print(ae_steps, spot_steps)
