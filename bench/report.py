@@ -76,7 +76,7 @@ def headline(s: dict) -> tuple[list[str], dict]:
         ratios["workers_x16_vs_engine"] = rw16["images_per_s"] / trunk_rate
         lines += [
             f"| the same two engine targets with `SPOT_WORKERS={n}` (a process per core, one ONNX Runtime thread"
-            f" each): one image per request | **{ratios['workers_vs_engine']:.2f}** ({rw['images_per_s']:.0f} img/s"
+            f" each: what the default `SPOT_WORKERS=0` chooses on a CPU): one image per request | **{ratios['workers_vs_engine']:.2f}** ({rw['images_per_s']:.0f} img/s"
             f" at {cw} clients) | >= 0.6 | {verdict(ratios['workers_vs_engine'], 0.6)} |",
             f"| ... and 16 images per request | **{ratios['workers_x16_vs_engine']:.2f}** ({rw16['images_per_s']:.0f}"
             f" img/s at {cw16} clients) | >= 0.9 | {verdict(ratios['workers_x16_vs_engine'], 0.9)} |",
@@ -116,8 +116,8 @@ def markdown(s: dict) -> str:
         f" {hw['python']}, ONNX Runtime {hw['onnxruntime']}. Model for every row: `{s['model_dir']}`. Load: wrk,"
         f" one prepared multipart upload per request rotating through 200 JPEGs of 64 px, 127.0.0.1 only,"
         f" {s['seconds']} s per level after a 2 s warm-up; the server decodes every upload. Servers:"
-        " `python -m service` with its defaults (batching on: up to 64 images per run, 2 ms adaptive delay;"
-        " off: `SPOT_MAX_BATCH_SIZE=1`), access log off. Speeds measured in this one run only; compare ratios.",
+        " `python -m service`, one process (`SPOT_WORKERS=1`) unless a table says otherwise, batching on: up"
+        " to 64 images per run, 2 ms adaptive delay; off: `SPOT_MAX_BATCH_SIZE=1`; access log off. Speeds measured in this one run only; compare ratios.",
         "",
         "## The targets (issue 6)",
         "",

@@ -56,10 +56,12 @@ class ServerProcess:
 
 class Server(ServerProcess):
     """`python -m service` (of the checkout at `cwd`); `env` keys become SPOT_* settings, e.g.
-    Server(model_dir, max_batch_size="1")."""
+    Server(model_dir, max_batch_size="1"). One process unless `workers` is given (the service's default
+    is one per core on a CPU): tests and single-process rows measure one batcher."""
 
     def __init__(self, model_dir: Path, ready: str = "/healthz", timeout: float = 60, cwd: Path = REPO, **env: str):
         port = free_port()
+        env = {"workers": "1", **env}
         environ = dict(os.environ, OMP_NUM_THREADS="1", **{f"SPOT_{k.upper()}": v for k, v in env.items()})
         cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
                "--model-dir", str(model_dir)]  # fmt: skip

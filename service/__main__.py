@@ -15,7 +15,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from .app import create_app
-from .config import Settings
+from .config import Settings, resolve_workers
 
 
 class Server(uvicorn.Server):
@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model-dir", type=Path, help="an export folder (default: SPOT_MODEL_DIR or models/spot-tiny64)"
     )
-    parser.add_argument("--workers", type=int, help="server processes (default: SPOT_WORKERS or 1)")
+    parser.add_argument(
+        "--workers", type=int, help="server processes (default: SPOT_WORKERS, else one per core on a CPU, 1 on a GPU)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.model_dir:  # through the environment, so that worker processes read the same settings
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers:
         os.environ["SPOT_WORKERS"] = str(args.workers)
     settings = Settings()
+    workers = resolve_workers(settings)
+    os.environ["SPOT_WORKERS"] = str(workers)  # what each worker's app shares its cores out by
     options = dict(
         host=args.host,
         port=args.port,
@@ -53,10 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         h11_max_incomplete_event_size=65536,
         access_log=settings.access_log,
     )
-    if settings.workers > 1:
-        serve_workers(settings.workers, options)
+    if workers > 1:
+        serve_workers(workers, options)
     else:
-        Server(uvicorn.Config(create_app(settings), **options)).run()
+        Server(uvicorn.Config(create_app(Settings()), **options)).run()
 
 
 def serve_workers(workers: int, options: dict) -> None:

@@ -121,7 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.model_dir,
                 settings.providers,
                 settings.require_gpu,
-                settings.intra_op_threads or max(1, (os.cpu_count() or 1) // settings.workers),
+                settings.intra_op_threads or max(1, len(os.sched_getaffinity(0)) // max(1, settings.workers)),
                 settings.ort_spinning,
             )
             model.warm_up()

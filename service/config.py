@@ -1,5 +1,6 @@
 """Service settings from environment variables (prefix SPOT_), e.g. SPOT_MODEL_DIR=models/spot-tiny64."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,7 +15,7 @@ class Settings(BaseSettings):
     model_dir: Path = REPO / "models" / "spot-tiny64"
     providers: str = "auto"  # auto (CUDA/TensorRT when present, else CPU) | cpu | cuda | tensorrt
     require_gpu: bool = False  # a missing GPU is an error instead of a CPU fallback
-    workers: int = 1  # server processes, each with its own model session and batcher
+    workers: int = 0  # server processes, each with its own session and batcher; 0 = one per core on a CPU, 1 on a GPU
     intra_op_threads: int = 0  # 0 = one per core, shared out among the workers
     ort_spinning: bool = True  # ONNX Runtime threads spin between runs: faster hand-off, but burns CPU when idle
     max_body_bytes: int = 32 * 1024 * 1024
@@ -30,6 +31,17 @@ class Settings(BaseSettings):
     threshold: float = 0.0  # /spot: artifact_score above it = altered; 0 = the model's own (model.json, else 0.5)
     access_log: bool = True  # uvicorn's one line per request (benchmarks turn it off)
     api_key: str = ""  # when set, requests need "Authorization: Bearer <key>"
+
+
+def resolve_workers(settings: Settings) -> int:
+    """SPOT_WORKERS, or by default one process per usable core (ONNX Runtime on one thread each, which
+    the benchmarks found fastest on a CPU, as TorchServe's default) and a single process on a GPU."""
+    if settings.workers > 0:
+        return settings.workers
+    import onnxruntime as ort
+
+    gpu = settings.providers != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers()
+    return 1 if gpu else len(os.sched_getaffinity(0))
 
 
 @lru_cache

@@ -116,7 +116,9 @@ class BiasOnlyBatchNorm(nn.BatchNorm2d):
         # without it avoids a bias-only batch norm, whose CUDA backward fails ("invalid gradient ... [0]").
         if self.training:
             self.num_batches_tracked.add_(1)
-        normalised = F.batch_norm(x, self.running_mean, self.running_var, None, None, self.training, self.momentum, self.eps)
+        normalised = F.batch_norm(
+            x, self.running_mean, self.running_var, None, None, self.training, self.momentum, self.eps
+        )
         return normalised + 2 * self.bias.view(1, -1, 1, 1)
 
 

@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import os
 import zlib
 
 import numpy as np
@@ -567,3 +568,16 @@ def test_two_workers_serve_one_port_and_metrics_add_up(model_dir):
     finally:
         s.proc.send_signal(signal.SIGTERM)
         assert s.proc.wait(30) == 0
+
+
+def test_workers_default_to_one_per_core_on_a_cpu_and_one_on_a_gpu(monkeypatch):
+    import onnxruntime as ort
+
+    from service.config import Settings, resolve_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert resolve_workers(Settings(workers=3)) == 3  # an explicit SPOT_WORKERS wins
+    assert resolve_workers(Settings(workers=0, providers="cpu")) == cores
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert resolve_workers(Settings(workers=0, providers="auto")) == 1
+    assert resolve_workers(Settings(workers=0, providers="cpu")) == cores  # CUDA present but not asked for
