@@ -81,6 +81,24 @@ def headline(s: dict) -> tuple[list[str], dict]:
             f"| ... and 16 images per request | **{ratios['workers_x16_vs_engine']:.2f}** ({rw16['images_per_s']:.0f}"
             f" img/s at {cw16} clients) | >= 0.9 | {verdict(ratios['workers_x16_vs_engine'], 0.9)} |",
         ]
+        spot_workers = s["service"].get("spot_workers_per_core")
+        if spot_workers:
+            csw, rsw = best(spot_workers["on"])
+            ratios["workers_spot_vs_engine"] = rsw["images_per_s"] / whole_rate
+            lines.append(
+                f"| ... and `/spot`, one image per request (whole graph) | **{ratios['workers_spot_vs_engine']:.2f}**"
+                f" ({rsw['images_per_s']:.0f} img/s at {csw} clients) | >= 0.6 |"
+                f" {verdict(ratios['workers_spot_vs_engine'], 0.6)} |"
+            )
+        if bento:
+            per_level = {
+                c: workers["on"][c]["images_per_s"] / bento[c]["images_per_s"] for c in bento if c in workers["on"]
+            }
+            ratios["workers_vs_bentoml"] = per_level
+            cells = ", ".join(f"{c} clients **{v:.2f}**" for c, v in per_level.items())
+            lines.append(
+                f"| ... and ours / BentoML | {cells} | >= 1.5 | {verdict(min(per_level.values()), 1.5)} (lowest) |"
+            )
     return lines, ratios
 
 
@@ -160,6 +178,13 @@ def markdown(s: dict) -> str:
             *service_table(s["service"]["features_workers_per_core"]["on"], None),
             "",
             *service_table(s["service"]["features_16_per_request_workers_per_core"]["on"], None),
+            "",
+        ]
+    if "spot_workers_per_core" in s["service"]:
+        out += [
+            f"`/spot?heatmap=none`, batching on, `SPOT_WORKERS={s['hardware']['cores']}`, one image per request:",
+            "",
+            *service_table(s["service"]["spot_workers_per_core"]["on"], None),
             "",
         ]
     out += [

@@ -143,6 +143,9 @@ def main() -> None:
                 "features_16_per_request_workers_per_core": {
                     "on": service.sweep(route="features", per_request=16, clients=few, workers=workers, **level),
                 },
+                "spot_workers_per_core": {
+                    "on": service.sweep(route="spot", per_request=1, clients=args.clients, workers=workers, **level),
+                },
             },
             "bentoml": bentoml_rows(args.bentoml_venv, model_dir, bento_bodies, jpegs[0], args.clients, args.seconds),
             "gpu_service": (

@@ -31,6 +31,20 @@ TABLES = [
         [("ours, paper setting", "tiny64-ours-c10"), ("ours, raw photos also real (25%)", "tiny64-raw25-c10")],
     ),
     (
+        "Full width, trained on a lent GPU (H200, 340 s): Tiny-ImageNet-200 val",
+        "probe-tiny64-full-tiny-imagenet.png",
+        "tiny64-full-random-tin",
+        "tiny64-full-supervised-tin",
+        [("ours, full width (scripts/train-gpu)", "tiny64-full-ours-tin")],
+    ),
+    (
+        "Full width, trained on a lent GPU (H200, 340 s): CIFAR-10 test (transfer)",
+        "probe-tiny64-full-cifar10.png",
+        "tiny64-full-random-c10",
+        "tiny64-full-supervised-c10",
+        [("ours, full width (scripts/train-gpu)", "tiny64-full-ours-c10")],
+    ),
+    (
         "CIFAR-10 test, ablations at a reduced cifar32 schedule (stage 2: 1,000 steps from one autoencoder)",
         "probe-cifar10-ablations.png",
         "c32-random-c10",
