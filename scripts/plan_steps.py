@@ -8,10 +8,12 @@ goes to the autoencoder, the rest to the discriminator stage, as in the CPU runs
 
 import json
 import sys
+from pathlib import Path
 
-rows = [json.loads(line) for line in open(sys.argv[1])]
+metrics = Path(sys.argv[1])
+rows = [json.loads(line) for line in metrics.open()]
 budget = float(sys.argv[2])
-batch = json.load(open(sys.argv[1].replace("metrics.jsonl", "config.json")))["train"]["batch_size"]
+batch = json.loads(metrics.with_name("config.json").read_text())["train"]["batch_size"]
 speed = {r["stage"]: r["img_per_s"] / batch for r in rows}  # steps/s, last window wins
 ae_steps = max(10, int(0.25 * budget * speed["ae"]) // 10 * 10)
 spot_steps = max(10, int(0.75 * budget * speed["spot"]) // 10 * 10)

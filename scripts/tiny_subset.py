@@ -18,29 +18,32 @@ from pathlib import Path
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-200"
 
 
-def repack(src: Path, dst: Path, per_class: int, class_of) -> int:
+def repack(src: Path, dst: Path, per_class: int, split: str) -> int:
     """Copy the text files and the first `per_class` JPEGs (by name) of each class; returns the count."""
     with tarfile.open(src, "r:gz") as tar:
         members = [m for m in tar if m.isfile()]
         texts = {m.name: tar.extractfile(m).read() for m in members if m.name.endswith(".txt")}
+        class_of = val_classes(texts) if split == "val" else lambda name: name.split("/")[1]
         taken, kept = defaultdict(int), []
         for m in sorted((m for m in members if m.name.endswith(".JPEG")), key=lambda m: m.name):
-            cls = class_of(m.name, texts)
+            cls = class_of(m.name)
             if taken[cls] < per_class:
                 taken[cls] += 1
-                kept.append((m, tar.extractfile(m).read()))
+                kept.append((m.name, tar.extractfile(m).read()))
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(dst, "w:gz", compresslevel=9) as out:
-        for m, data in [*((tarfile.TarInfo(n), t) for n, t in texts.items()), *kept]:
-            info = tarfile.TarInfo(m.name)
+        for name, data in [*texts.items(), *kept]:
+            info = tarfile.TarInfo(name)
             info.size = len(data)
             out.addfile(info, io.BytesIO(data))
     return len(kept)
 
 
-def val_class(name: str, texts: dict) -> str:
+def val_classes(texts: dict):
+    """val/images/<file> -> its class (wnid), from val_annotations.txt, read once."""
     ann = texts["val/val_annotations.txt"].decode().splitlines()
-    return next(line.split("\t")[1] for line in ann if line.startswith(name.rsplit("/", 1)[1] + "\t"))
+    wnid_of = {line.split("\t")[0]: line.split("\t")[1] for line in ann if line.strip()}
+    return lambda name: wnid_of[name.rsplit("/", 1)[1]]
 
 
 def main() -> None:
@@ -50,9 +53,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     out = args.out / "tiny-imagenet-200"
-    n = repack(SHARED / "train.tar.gz", out / "train.tar.gz", args.train_per_class, lambda n, _: n.split("/")[1])
+    n = repack(SHARED / "train.tar.gz", out / "train.tar.gz", args.train_per_class, "train")
     print(f"train: {n} images -> {out / 'train.tar.gz'} ({(out / 'train.tar.gz').stat().st_size / 2**20:.1f} MiB)")
-    n = repack(SHARED / "val.tar.gz", out / "val.tar.gz", args.val_per_class, val_class)
+    n = repack(SHARED / "val.tar.gz", out / "val.tar.gz", args.val_per_class, "val")
     print(f"val: {n} images -> {out / 'val.tar.gz'} ({(out / 'val.tar.gz').stat().st_size / 2**20:.1f} MiB)")
 
 

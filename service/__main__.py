@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     if workers > 1:
         serve_workers(workers, options)
     else:
-        Server(uvicorn.Config(create_app(Settings()), **options)).run()
+        Server(uvicorn.Config(create_app(settings), **options)).run()
 
 
 def serve_workers(workers: int, options: dict) -> None:

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from . import spot
 from .batcher import Batcher, QueueFull
-from .config import Settings, get_settings
+from .config import Settings, get_settings, usable_cores
 from .features import encode, normalize, pool
 from .images import BadImage, open_image, to_array
 from .metrics import Metrics
@@ -121,7 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.model_dir,
                 settings.providers,
                 settings.require_gpu,
-                settings.intra_op_threads or max(1, len(os.sched_getaffinity(0)) // max(1, settings.workers)),
+                settings.intra_op_threads or max(1, usable_cores() // max(1, settings.workers)),
                 settings.ort_spinning,
             )
             model.warm_up()

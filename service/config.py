@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     api_key: str = ""  # when set, requests need "Authorization: Bearer <key>"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), which can be fewer than the machine has."""
+    return len(os.sched_getaffinity(0))
+
+
 def resolve_workers(settings: Settings) -> int:
     """SPOT_WORKERS, or by default one process per usable core (ONNX Runtime on one thread each, which
     the benchmarks found fastest on a CPU, as TorchServe's default) and a single process on a GPU."""
@@ -41,7 +46,7 @@ def resolve_workers(settings: Settings) -> int:
     import onnxruntime as ort
 
     gpu = settings.providers != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers()
-    return 1 if gpu else len(os.sched_getaffinity(0))
+    return 1 if gpu else usable_cores()
 
 
 @lru_cache
