@@ -53,6 +53,7 @@ class TrainConfig:
     ae_steps: int = 195_250
     spot_steps: int = 195_250
     supervised_steps: int = 0  # the "supervised" row: the discriminator trained with labels
+    detect_steps: int = 0  # stage "detect": the discriminator alone, against the final (frozen) repair net
     batch_size: int = 128  # per process; the discriminator sees 2x this
     lr: float = 3e-4
     beta1: float = 0.5
@@ -66,6 +67,8 @@ class TrainConfig:
     adv_weight: float = 1.0
     mask_weight: float = 0.1  # 0 = ablation: no mask head loss
     raw_real_fraction: float = 0.0  # share of the "real" half given as raw images, not reconstructions (0 = paper)
+    repair_lr_scale: float = 1.0  # the repair net's lr as a fraction of lr (< 1 slows it: a stronger discriminator)
+    repair_every: int = 1  # update the repair net every k-th step, the discriminator every step
     paper_loss_quirk: bool = False  # repair loss also contains the discriminator loss, as in the TF code
     bias_grad_scale: float = 2.0  # TF code multiplies bias gradients by 2
     amp: str = "auto"  # "bf16", "none", or "auto" (bf16 on CUDA with bf16 support and on CPU)

@@ -24,7 +24,8 @@ def evaluate_checkpoint(
     if limit:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     batches = list(DataLoader(dataset, batch_size=batch_size, num_workers=0))
-    stage = "spot" if "spot" in state["completed"] or state["stage"] == "spot" else "ae"
+    spotted = {"spot", "detect"} & {*state["completed"], state["stage"]}
+    stage = "spot" if spotted else "ae"
     metrics = evaluate(nets, batches, cfg, stage)
     summary = {"ae/psnr_heldout_db": round(metrics["val/psnr"], 4)}
     return {

@@ -1,4 +1,5 @@
-"""The training loop: stage 1 trains the autoencoder, stage 2 the repair net against the discriminator.
+"""The training loop: stage 1 trains the autoencoder, stage 2 the repair net against the discriminator;
+an optional "detect" stage then trains the discriminator alone against the frozen repair net.
 
 `train(cfg, run_dir)` runs the stages named in `cfg.train.stages`, resuming from `run_dir/checkpoint.pt`
 when it exists. It works the same on one CPU and under `torchrun` on many GPUs.
@@ -31,7 +32,8 @@ from .losses import autoencoder_loss, discriminator_loss, real_fake_labels, repa
 from .networks import build_networks, to_disc_input
 
 log = logging.getLogger(__name__)
-STAGES = ("ae", "spot", "supervised")
+STAGES = ("ae", "spot", "supervised", "detect")
+SPOTTING = ("spot", "detect")  # stages that make real/repaired pairs
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -113,7 +115,7 @@ def supervised_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg:
     }
 
 
-STEPS = {"ae": ae_step, "spot": spot_step, "supervised": supervised_step}
+STEPS = {"ae": ae_step, "spot": spot_step, "supervised": supervised_step, "detect": spot_step}
 
 
 def psnr_db(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -139,7 +141,7 @@ def evaluate(nets: dict, batches: list[tuple[torch.Tensor, torch.Tensor]], cfg: 
             correct.append((logits.argmax(1).cpu() == labels.cpu()).float())
             continue
         psnrs.append(psnr_db(images, nets["ae"](images)))
-        if stage != "spot":
+        if stage not in SPOTTING:
             continue
         n = len(images)
         real, fake, keep = make_pair(nets, images, cfg, gen)
@@ -155,7 +157,7 @@ def evaluate(nets: dict, batches: list[tuple[torch.Tensor, torch.Tensor]], cfg: 
     if stage == "supervised":
         return {"val/top1": float(torch.cat(correct).mean())}
     out = {"val/psnr": float(torch.stack(psnrs).mean())}
-    if stage == "spot":
+    if stage in SPOTTING:
         real_s, fake_s = torch.cat(real_scores), torch.cat(fake_scores)
         out["val/acc_real"] = float((real_s > 0).float().mean())
         out["val/acc_fake"] = float((fake_s <= 0).float().mean())
@@ -186,19 +188,24 @@ def backward_each(losses: dict[str, torch.Tensor], trained: dict[str, nn.Module]
 
 def make_optimizer(modules: dict[str, nn.Module], cfg: Config) -> torch.optim.Adam:
     """One Adam for every trained network; L2 (coupled weight decay) on conv weights only, except
-    the autoencoder, whose biases are regularised too (slim's regularizers)."""
-    decay, no_decay = [], []
+    the autoencoder, whose biases are regularised too (slim's regularizers). One parameter group per
+    (lr scale, decay): the repair net may learn slower than the discriminator (`repair_lr_scale`)."""
+    t = cfg.train
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, module in modules.items():
+        scale = t.repair_lr_scale if name == "repair" else 1.0
         for pname, p in module.named_parameters():
             if not p.requires_grad:
                 continue
             is_bn = any(
                 isinstance(m, nn.BatchNorm2d) for n, m in module.named_modules() if pname.startswith(n + ".") and n
             )
-            (decay if p.ndim > 1 or (name == "ae" and not is_bn) else no_decay).append(p)
-    t = cfg.train
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.Adam(groups, lr=t.lr, betas=(t.beta1, 0.999), eps=t.eps)
+            groups.setdefault((scale, p.ndim > 1 or (name == "ae" and not is_bn)), []).append(p)
+    param_groups = [
+        {"params": params, "lr_scale": scale, "weight_decay": t.weight_decay if decay else 0.0}
+        for (scale, decay), params in sorted(groups.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))
+    ]
+    return torch.optim.Adam(param_groups, lr=t.lr, betas=(t.beta1, 0.999), eps=t.eps)
 
 
 def lr_factor(step: int, total: int, cfg: Config) -> float:
@@ -230,13 +237,14 @@ def stage_modules(nets: dict, stage: str, cfg: Config) -> dict[str, nn.Module]:
             raise ValueError("the supervised stage needs --model.num_classes > 0")
         return {"disc": nets["disc"], "classifier": nets["classifier"]}
     trained = {"disc": nets["disc"]}
-    if cfg.model.repair:
+    if cfg.model.repair and stage == "spot":
         trained["repair"] = nets["repair"]
     return trained
 
 
 def stage_steps(stage: str, cfg: Config) -> int:
-    return {"ae": cfg.train.ae_steps, "spot": cfg.train.spot_steps, "supervised": cfg.train.supervised_steps}[stage]
+    t = cfg.train
+    return {"ae": t.ae_steps, "spot": t.spot_steps, "supervised": t.supervised_steps, "detect": t.detect_steps}[stage]
 
 
 def trainable(module: nn.Module, stage: str) -> list[nn.Parameter]:
@@ -441,11 +449,13 @@ def run_stage(stage: str, nets: dict, run: Run, resume: dict | None, completed: 
             memory_format=torch.channels_last if t.channels_last else torch.contiguous_format,
         )
         for group in optimizer.param_groups:
-            group["lr"] = t.lr * lr_factor(step, total, cfg)
+            group["lr"] = t.lr * lr_factor(step, total, cfg) * group.get("lr_scale", 1.0)
 
         # Forward both halves once, then back-propagate each loss into its own network only.
         with dist.autocast(info.device, t.amp):
             losses, scalars = STEPS[stage](step_nets, images, labels, cfg)
+        if "repair" in losses and ("repair" not in trained or step % t.repair_every):
+            del losses["repair"]  # the discriminator alone takes this step (or this whole stage)
         optimizer.zero_grad(set_to_none=True)
         backward_each(losses, trained)
         scale_bias_grads(trained, t.bias_grad_scale)
@@ -498,7 +508,7 @@ def save_samples(nets: dict, images: torch.Tensor, cfg: Config, stage: str, path
     ae = nets["ae"]
     z = ae.encode(images)
     rows = [images, ae.decode(z)]
-    if stage == "spot":
+    if stage in SPOTTING:
         gen = torch.Generator(device=images.device).manual_seed(0)
         keep = sample_keep_mask(len(images), z.shape[-2:], cfg.train.drop_rate, images.device, gen)
         damaged = damage(z, keep)

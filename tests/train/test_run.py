@@ -191,3 +191,48 @@ def test_evaluate_reports_psnr_and_spotting(uninterrupted):
     assert report["images"] == 64 and report["stage"] == "spot"
     assert 5 < report["psnr"] < 60 and report["summary"]["ae/psnr_heldout_db"] == round(report["psnr"], 4)
     assert {"acc_real", "acc_fake", "auc", "mask_ap", "acc_raw"} <= set(report)
+
+
+def test_a_slower_repair_net_takes_fewer_and_smaller_steps(tmp_path, uninterrupted):
+    """repair_every=3 over 6 steps: the discriminator is updated 6 times, the repair net twice (steps 0
+    and 3), and at repair_lr_scale=0.1 its learning rate is a tenth of the discriminator's."""
+    run_dir = tmp_path / "rebalanced"
+    init = ["--stages=spot", f"--init_from={uninterrupted / 'checkpoint.pt'}", "--init_networks=ae,disc,repair"]
+    result = subprocess.run(
+        _cli(run_dir, *init, "--spot_steps=6", "--repair_every=3", "--repair_lr_scale=0.1"),
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = checkpoint.load(run_dir / "checkpoint.pt")
+    opt = state["optimizer"]
+    updates = {int(s["step"]) for s in opt["state"].values()}
+    assert updates == {6, 2}
+    disc, repair = (g for g in opt["param_groups"] if g["weight_decay"] > 0)
+    assert disc["lr_scale"] == 1.0 and repair["lr_scale"] == 0.1
+    assert repair["lr"] == pytest.approx(0.1 * disc["lr"])
+
+
+def test_the_detect_stage_trains_the_discriminator_alone_against_the_frozen_repair_net(tmp_path, uninterrupted):
+    run_dir = tmp_path / "detect"
+    init = [f"--init_from={uninterrupted / 'checkpoint.pt'}", "--init_networks=ae,disc,repair"]
+    result = subprocess.run(
+        _cli(run_dir, *init, "--stages=detect", "--detect_steps=4", "--log_every=2"),
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    before = checkpoint.load(uninterrupted / "checkpoint.pt")["networks"]
+    state = checkpoint.load(run_dir / "checkpoint.pt")
+    after = state["networks"]
+    for name in ("ae", "repair"):
+        for key, value in before[name].items():
+            assert torch.equal(value, after[name][key]), f"frozen {name}.{key} changed"
+    assert any(not torch.equal(v, after["disc"][k]) for k, v in before["disc"].items() if v.is_floating_point())
+    from training.config import Config
+    from training.networks import build_networks
+
+    disc = build_networks(Config.from_dict(state["config"]).model)["disc"]
+    assert len(state["optimizer"]["state"]) == len(list(disc.parameters()))  # Adam held the discriminator only
+    assert state["completed"] == ["detect"]
+    detect = [r for r in read_metrics(run_dir) if r["stage"] == "detect"]
+    assert [r["step"] for r in detect] == [2, 4]
+    assert {"val/auc", "val/mask_ap", "val/acc_raw", "loss/repair/adv"} <= set(detect[-1])  # adv: how fooled it is
