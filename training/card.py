@@ -14,13 +14,11 @@ def _table(rows: list[tuple]) -> str:
 
 def wall_time(train: dict) -> str:
     own, init = train["wall_time_s"], train.get("initialised_from")
-    if not init or init.get("ae_wall_time_s") is None:
+    if not init or init.get("wall_time_s") is None:
         return f"{own:.0f} s"
-    ae = init["ae_wall_time_s"]
-    return (
-        f"{own + ae:.0f} s in all: stage 1 ({init['ae_steps']} autoencoder steps) {ae:.0f} s in the run of"
-        f" `{init['checkpoint']}`, then {own:.0f} s here"
-    )
+    before = init["wall_time_s"]
+    stages = ", ".join(f"{stage} {steps} steps" for stage, steps in init["stages"].items())
+    return f"{own + before:.0f} s in all: {before:.0f} s in the run of `{init['checkpoint']}` ({stages}), then {own:.0f} s here"
 
 
 def render(meta: dict) -> str:

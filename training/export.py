@@ -112,18 +112,20 @@ def real_batch(cfg: Config, count: int = 16) -> torch.Tensor:
 
 
 def init_provenance(cfg) -> dict | None:
-    """A run that took its autoencoder from another run: that stage's steps and wall time, read from the
-    other run's summary.jsonl, so a card's wall time can include stage 1."""
+    """A run that started from another run's networks: the stages they come from (ae for the autoencoder,
+    spot for the discriminator and repair net) with their steps, and the other run's wall time when the
+    last of them ended (its summary.jsonl; cumulative), so a card's wall time covers them."""
     if not cfg.train.init_from:
         return None
     summary = Path(cfg.train.init_from).parent / "summary.jsonl"
     stages = [json.loads(line) for line in summary.read_text().splitlines()] if summary.exists() else []
-    ae = next((s for s in stages if s["stage"] == "ae"), {})
+    wanted = {"ae"} | ({"spot"} if set(cfg.train.init_networks.split(",")) - {"ae"} else set())
+    taken = [s for s in stages if s["stage"] in wanted]
     return {
         "checkpoint": cfg.train.init_from,
         "networks": cfg.train.init_networks,
-        "ae_steps": ae.get("steps"),
-        "ae_wall_time_s": ae.get("wall_time_s"),
+        "stages": {s["stage"]: s["steps"] for s in taken},
+        "wall_time_s": taken[-1]["wall_time_s"] if taken else None,
     }
 
 

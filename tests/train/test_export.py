@@ -138,8 +138,9 @@ def test_a_run_started_from_another_runs_autoencoder_counts_its_stage_1_time(exp
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     stage1 = next(json.loads(line) for line in (first / "summary.jsonl").read_text().splitlines())
     init = meta["training"]["initialised_from"]
-    assert init["ae_steps"] == stage1["steps"] == 10 and init["ae_wall_time_s"] == stage1["wall_time_s"]
+    assert init["stages"] == {"ae": stage1["steps"]} and stage1["steps"] == 10
+    assert init["wall_time_s"] == stage1["wall_time_s"]
     card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
     total = meta["training"]["wall_time_s"] + stage1["wall_time_s"]
-    assert f"{total:.0f} s in all: stage 1 (10 autoencoder steps)" in card
+    assert f"{total:.0f} s in all: {stage1['wall_time_s']:.0f} s in the run of" in card and "(ae 10 steps)" in card
     assert meta["spot_threshold"] == 0.7 and "exceeds 0.7" in card

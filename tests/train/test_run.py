@@ -233,6 +233,10 @@ def test_the_detect_stage_trains_the_discriminator_alone_against_the_frozen_repa
     disc = build_networks(Config.from_dict(state["config"]).model)["disc"]
     assert len(state["optimizer"]["state"]) == len(list(disc.parameters()))  # Adam held the discriminator only
     assert state["completed"] == ["detect"]
+    from training.export import init_provenance
+
+    init = init_provenance(Config.from_dict(state["config"]))  # the card counts both stages of the first run
+    assert init["stages"] == {"ae": 60, "spot": 30} and init["wall_time_s"] > 0
     detect = [r for r in read_metrics(run_dir) if r["stage"] == "detect"]
     assert [r["step"] for r in detect] == [2, 4]
     assert {"val/auc", "val/mask_ap", "val/acc_raw", "loss/repair/adv"} <= set(detect[-1])  # adv: how fooled it is
