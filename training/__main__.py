@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photos", type=Path, help="a folder of raw photographs scored per tile at full size")
     p.add_argument("--limit", type=int, default=0, help="score only the first N held-out images")
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
+    p.add_argument("--generator", type=Path, help="make the pairs with another run's autoencoder + repair net")
     p = sub.add_parser(
         "report", help="docs/results.md (tables + PNG plots) from the probe and spot-eval JSON files in --results"
     )
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             from .spot_eval import spot_eval
 
             rates = [float(r) for r in args.drop_rates.split(",")]
-            results = spot_eval(args.checkpoint, rates, args.photos, args.limit)
+            results = spot_eval(args.checkpoint, rates, args.photos, args.limit, generator=args.generator)
             print(json.dumps(results, indent=2))
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)

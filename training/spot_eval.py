@@ -4,6 +4,8 @@ Real = the autoencoder's reconstruction of a held-out image, fake = its repaired
 the run's drop rate and at lower ones. Plus false alarms on raw, unaltered images: held-out images as
 stored, and full-size photographs scored per tile (64 px tiles, half overlap, mean artifact
 probability per photo). Artifact probability = sigmoid(-real_logit); the default threshold is 0.5.
+With `generator`, the pairs come from another run's autoencoder and repair net: artifacts the
+discriminator never trained against (CNNDetection's test on unseen generators).
 """
 
 from __future__ import annotations
@@ -84,11 +86,23 @@ def photo_false_alarms(disc, folder: Path, size: int, threshold: float = THRESHO
 
 
 def spot_eval(
-    ckpt_path: Path, drop_rates: list[float], photos: Path | None, limit: int = 0, batch_size: int = 256
+    ckpt_path: Path,
+    drop_rates: list[float],
+    photos: Path | None,
+    limit: int = 0,
+    batch_size: int = 256,
+    generator: Path | None = None,
 ) -> dict:
     nets, cfg, state = checkpoint.load_networks(ckpt_path)
+    pair_cfg = cfg
+    if generator:  # another run's autoencoder + repair net make the pairs; this run's discriminator judges
+        other, other_cfg, _ = checkpoint.load_networks(generator)
+        nets = {"ae": other["ae"], "repair": other.get("repair"), "disc": nets["disc"]}
+        pair_cfg = copy.deepcopy(cfg)
+        pair_cfg.model.repair = other_cfg.model.repair
     for m in nets.values():
-        m.eval()
+        if m is not None:
+            m.eval()
     size = cfg.model.ae_size or cfg.model.image_size
     data = load_images(cfg.data.val, cfg.data.root or None, cfg.data.cache_dir or None, size)
     as_stored = copy.deepcopy(cfg.data)
@@ -100,26 +114,29 @@ def spot_eval(
     raw = np.concatenate([artifact_probability(nets["disc"], disc_size(x, cfg))[0] for x, _ in batches])
     results = {
         "checkpoint": str(ckpt_path),
+        "generator": str(generator or ckpt_path),
         "data": cfg.data.val,
         "images": len(dataset),
         "trained_drop_rate": cfg.train.drop_rate,
         "threshold": THRESHOLD,
-        "pairs": [score_pairs(nets, cfg, batches, rate) for rate in drop_rates],
+        "pairs": [score_pairs(nets, pair_cfg, batches, rate) for rate in drop_rates],
         "raw_heldout_false_alarm_rate": float((raw > THRESHOLD).mean()),
     }
     if photos:
         results["raw_photos"] = photo_false_alarms(nets["disc"], photos, cfg.model.image_size)
-    results["summary"] = summarize(results)
+    results["summary"] = summarize(results, f"spot@{Path(generator).parent.name}" if generator else "spot")
     return results
 
 
-def summarize(results: dict) -> dict[str, float]:
-    """Flat headline numbers for model.json and the model card."""
+def summarize(results: dict, prefix: str = "spot") -> dict[str, float]:
+    """Flat headline numbers for model.json and the model card (prefix spot@RUN: another run's generator)."""
     out = {}
     for pair in results["pairs"]:
         for key in ("roc_auc", "ap", "acc", "real_acc", "fake_acc", "mask_ap"):
             if key in pair:
-                out[f"spot/{key}@drop{pair['drop_rate']}"] = round(pair[key], 4)
+                out[f"{prefix}/{key}@drop{pair['drop_rate']}"] = round(pair[key], 4)
+    if prefix != "spot":  # the false alarms do not depend on the generator: the plain report has them
+        return out
     out["spot/false_alarm_raw_heldout"] = round(results["raw_heldout_false_alarm_rate"], 4)
     if "raw_photos" in results:
         out["spot/false_alarm_raw_photos"] = round(results["raw_photos"]["false_alarm_rate"], 4)

@@ -240,3 +240,31 @@ def test_the_detect_stage_trains_the_discriminator_alone_against_the_frozen_repa
     detect = [r for r in read_metrics(run_dir) if r["stage"] == "detect"]
     assert [r["step"] for r in detect] == [2, 4]
     assert {"val/auc", "val/mask_ap", "val/acc_raw", "loss/repair/adv"} <= set(detect[-1])  # adv: how fooled it is
+
+
+def test_spot_eval_with_another_generator(tmp_path, uninterrupted):
+    """--generator swaps in another run's autoencoder + repair net: the same weights give the same pairs
+    (and figures) as the run's own, other weights other figures, reported under spot@RUN."""
+    own = tmp_path / "own.json"
+    args = ["spot-eval", "--checkpoint", str(uninterrupted / "checkpoint.pt"), "--drop-rates", "0.7", "--limit", "64"]
+    assert run_cli(*args, "--out", str(own)).returncode == 0
+    state = checkpoint.load(uninterrupted / "checkpoint.pt")
+    torch.manual_seed(0)
+    for value in state["networks"]["repair"].values():
+        if value.ndim == 4:  # conv kernels only: BN statistics stay valid
+            value.add_(torch.randn_like(value) * 0.5)
+    (tmp_path / "other").mkdir()
+    checkpoint.save(tmp_path / "other" / "checkpoint.pt", state)
+    reports = {}
+    for name, generator in (("same", uninterrupted), ("other", tmp_path / "other")):
+        out = tmp_path / f"{name}.json"
+        result = run_cli(*args, "--generator", str(generator / "checkpoint.pt"), "--out", str(out))
+        assert result.returncode == 0, result.stderr[-3000:]
+        reports[name] = json.loads(out.read_text())
+    plain = json.loads(own.read_text())
+    assert reports["same"]["pairs"] == plain["pairs"]
+    assert reports["other"]["pairs"][0]["mask_ap"] != plain["pairs"][0]["mask_ap"]
+    assert reports["other"]["generator"] == str(tmp_path / "other" / "checkpoint.pt")
+    assert set(reports["other"]["summary"]) == {
+        f"spot@other/{k}@drop0.7" for k in plain["pairs"][0] if k != "drop_rate"
+    }
