@@ -7,6 +7,7 @@ when it exists. It works the same on one CPU and under `torchrun` on many GPUs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
@@ -128,11 +129,28 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # Held-out evaluation, reported beside the training losses.
 
 
+@contextlib.contextmanager
+def eval_mode(nets: dict):
+    """Every network in eval mode inside; each module's own mode restored after (a frozen trunk stays frozen)."""
+    modes = [(m, m.training) for net in nets.values() for m in net.modules()]
+    for net in nets.values():
+        net.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 @torch.no_grad()
 def evaluate(nets: dict, batches: list[tuple[torch.Tensor, torch.Tensor]], cfg: Config, stage: str) -> dict[str, float]:
-    modes = {k: m.training for k, m in nets.items()}
-    for m in nets.values():
-        m.eval()
+    with eval_mode(nets):
+        return _evaluate(nets, batches, cfg, stage)
+
+
+def _evaluate(
+    nets: dict, batches: list[tuple[torch.Tensor, torch.Tensor]], cfg: Config, stage: str
+) -> dict[str, float]:
     gen = torch.Generator(device=batches[0][0].device).manual_seed(1234)  # the same masks every time
     psnrs, real_scores, fake_scores, raw_scores, drop_scores, drop_targets, correct = [], [], [], [], [], [], []
     for images, labels in batches:
@@ -152,8 +170,6 @@ def evaluate(nets: dict, batches: list[tuple[torch.Tensor, torch.Tensor]], cfg: 
         raw_scores.append(score[2 * n :])
         drop_scores.append(-mask_logits[n : 2 * n].float().flatten().cpu())
         drop_targets.append((1 - keep).flatten().cpu())
-    for k, m in nets.items():
-        m.train(modes[k])
     if stage == "supervised":
         return {"val/top1": float(torch.cat(correct).mean())}
     out = {"val/psnr": float(torch.stack(psnrs).mean())}
@@ -247,10 +263,22 @@ def stage_steps(stage: str, cfg: Config) -> int:
     return {"ae": t.ae_steps, "spot": t.spot_steps, "supervised": t.supervised_steps, "detect": t.detect_steps}[stage]
 
 
-def trainable(module: nn.Module, stage: str) -> list[nn.Parameter]:
-    """Parameters a stage updates; the supervised row leaves the discriminator's own heads alone."""
-    heads = ("mask_head.", "fc1.", "bn_fc1.", "fc2.")
-    return [p for n, p in module.named_parameters() if not (stage == "supervised" and n.startswith(heads))]
+HEAD_MODULES = ("mask_head", "fc1", "bn_fc1", "dropout", "fc2")  # the discriminator's heads; the rest: the trunk
+HEADS = tuple(f"{m}." for m in HEAD_MODULES)
+
+
+def heads_only(stage: str, cfg: Config) -> bool:
+    return stage == "detect" and cfg.train.detect_heads_only
+
+
+def trainable(module: nn.Module, stage: str, cfg: Config) -> list[nn.Parameter]:
+    """Parameters a stage updates: the supervised row leaves the discriminator's own heads alone; a
+    heads-only detect stage trains nothing else (conv1..conv5, the features, stay as the game left them)."""
+    if stage == "supervised":
+        return [p for n, p in module.named_parameters() if not n.startswith(HEADS)]
+    if heads_only(stage, cfg):
+        return [p for n, p in module.named_parameters() if n.startswith(HEADS)]
+    return list(module.parameters())
 
 
 def set_phase(nets: dict, stage: str, cfg: Config) -> dict[str, nn.Module]:
@@ -259,8 +287,12 @@ def set_phase(nets: dict, stage: str, cfg: Config) -> dict[str, nn.Module]:
     for name, m in nets.items():
         m.requires_grad_(False).train(name in trained)
         if name in trained:
-            for p in trainable(m, stage):
+            for p in trainable(m, stage, cfg):
                 p.requires_grad_(True)
+    if heads_only(stage, cfg):  # the trunk's BatchNorm statistics stay frozen too
+        for name, child in nets["disc"].named_children():
+            if name not in HEAD_MODULES:
+                child.eval()
     return trained
 
 
@@ -501,10 +533,11 @@ def run_stage(stage: str, nets: dict, run: Run, resume: dict | None, completed: 
 def save_samples(nets: dict, images: torch.Tensor, cfg: Config, stage: str, path: Path) -> torch.Tensor:
     """Rows: input, reconstruction, damaged (decoded as is), repaired, true and predicted drop-mask."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    modes = {k: m.training for k, m in nets.items()}
-    for m in nets.values():
-        m.eval()
-    images = images[:8]
+    with eval_mode(nets):
+        return sample_grid(sample_rows(nets, images[:8], cfg, stage), path)
+
+
+def sample_rows(nets: dict, images: torch.Tensor, cfg: Config, stage: str) -> list[torch.Tensor]:
     ae = nets["ae"]
     z = ae.encode(images)
     rows = [images, ae.decode(z)]
@@ -515,6 +548,4 @@ def save_samples(nets: dict, images: torch.Tensor, cfg: Config, stage: str, path
         repaired = nets["repair"](ae, damaged, keep) if cfg.model.repair else ae.decode(damaged)
         _, mask_logits = nets["disc"](to_disc_input(disc_size(repaired, cfg)))
         rows += [ae.decode(damaged), repaired, 1 - keep, torch.sigmoid(-mask_logits.float())]  # white = dropped
-    for k, m in nets.items():
-        m.train(modes[k])
-    return sample_grid(rows, path)
+    return rows

@@ -50,7 +50,7 @@ def test_each_phase_updates_only_its_own_networks(stage, real_batch):
     losses, _ = STEPS[stage](nets, *real_batch, cfg)
     backward_each(losses, trained)
     for name, m in nets.items():
-        active = {id(p) for p in trainable(m, stage)} if name in trained else set()
+        active = {id(p) for p in trainable(m, stage, cfg)} if name in trained else set()
         for pname, p in m.named_parameters():
             if id(p) in active:
                 assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}.{pname} got no gradient"

@@ -268,3 +268,25 @@ def test_spot_eval_with_another_generator(tmp_path, uninterrupted):
     assert set(reports["other"]["summary"]) == {
         f"spot@other/{k}@drop0.7" for k in plain["pairs"][0] if k != "drop_rate"
     }
+
+
+def test_a_heads_only_detect_stage_leaves_the_features_as_they_were(tmp_path, uninterrupted):
+    """detect_heads_only: the mask head and fc1/fc2 learn; conv1..conv5 and their BatchNorm statistics
+    (what /features serves) come out bit-identical."""
+    run_dir = tmp_path / "heads"
+    init = [f"--init_from={uninterrupted / 'checkpoint.pt'}", "--init_networks=ae,disc,repair"]
+    result = subprocess.run(
+        _cli(run_dir, *init, "--stages=detect", "--detect_steps=4", "--detect_heads_only=true", "--log_every=2"),
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    from training.loop import HEADS
+
+    before = checkpoint.load(uninterrupted / "checkpoint.pt")["networks"]["disc"]
+    after = checkpoint.load(run_dir / "checkpoint.pt")["networks"]["disc"]
+    trunk = [k for k in before if not k.startswith(HEADS)]
+    assert any(k.startswith("bn5.") for k in trunk) and any(k.startswith("conv1.") for k in trunk)
+    for key in trunk:
+        assert torch.equal(before[key], after[key]), f"trunk {key} changed"
+    changed = [k for k in before if k.startswith(HEADS) and not torch.equal(before[k], after[k])]
+    assert {k.split(".")[0] for k in changed} >= {"mask_head", "fc2"}
