@@ -23,7 +23,7 @@ from .config import Settings, get_settings, usable_cores
 from .features import encode, normalize, pool
 from .images import BadImage, open_image, to_array
 from .metrics import Metrics
-from .model import ExportedModel, ModelError
+from .model import HEAD_OUTPUTS, ExportedModel, ModelError
 from .preprocess import centre_view, tiles
 from .requests import HEATMAP_FORMATS, feature_params, read_images, spot_params
 
@@ -283,7 +283,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 return per_image, batch
 
             per_image, batch = await cheap_here_else_thread(pixels(images), prepare, "preprocess")
-            job = submit(batch, ["real_logit", "mask_logits"])
+            job = submit(batch, HEAD_OUTPUTS)
         outputs = await result(job)
         metrics.images.labels("/spot").inc(len(images))
         results = await cheap_here_else_thread(

@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+HEAD_OUTPUTS = ["real_logit", "mask_logits"]  # what /spot asks for
 
 
 class ModelError(RuntimeError):
@@ -39,12 +40,13 @@ def choose_providers(setting: str) -> list[str]:
     ]
 
 
-def trunk_graph(onnx_path: Path, layers: list[str]) -> bytes:
-    """The graph cut down to the feature maps. ONNX Runtime runs every node whatever outputs are asked for,
-    and the heads' fc1 (a 4096 x 4096 matrix at full width, read from memory for every batch) is most of a
-    small batch's time, so /features gets its own session without the heads."""
+def trunk_graph(onnx_path: Path, outputs: list[str]) -> bytes:
+    """The graph cut down to `outputs`. ONNX Runtime runs every node whatever outputs are asked for, and
+    the heads' fc1 (a 4096 x 4096 matrix at full width, read from memory for every batch) is most of a
+    small batch's time, so /features gets its own session without the heads; /spot gets one without the
+    feature maps, which matters when they come from a second network (model.json `features_from`)."""
     model = onnx.load(str(onnx_path))
-    return onnx.utils.Extractor(model).extract_model([model.graph.input[0].name], layers).SerializeToString()
+    return onnx.utils.Extractor(model).extract_model([model.graph.input[0].name], outputs).SerializeToString()
 
 
 class ExportedModel:
@@ -74,6 +76,8 @@ class ExportedModel:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=choose_providers(providers))
             trunk = trunk_graph(onnx_path, self.layers)
             self.trunk = ort.InferenceSession(trunk, options, providers=choose_providers(providers))
+            heads = trunk_graph(onnx_path, HEAD_OUTPUTS)
+            self.heads = ort.InferenceSession(heads, options, providers=choose_providers(providers))
         except Exception as exc:  # noqa: BLE001 - ORT and onnx raise their own types for a bad graph
             raise ModelError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from None
         self.provider = self.session.get_providers()[0]
@@ -94,9 +98,14 @@ class ExportedModel:
 
     def run(self, batch: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
         names = names or self.outputs
-        session = self.trunk if set(names) <= set(self.layers) else self.session
+        session = self.session
+        if set(names) <= set(self.layers):
+            session = self.trunk
+        elif set(names) <= set(HEAD_OUTPUTS):
+            session = self.heads
         return dict(zip(names, session.run(names, {"images": np.ascontiguousarray(batch, np.float32)})))
 
     def warm_up(self) -> None:
         self.run(np.zeros((1, 3, self.size, self.size), np.float32))
         self.run(np.zeros((1, 3, self.size, self.size), np.float32), self.layers)
+        self.run(np.zeros((1, 3, self.size, self.size), np.float32), HEAD_OUTPUTS)

@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         "--train-command", help="the training command(s) to record (default: the one the checkpoint recorded)"
     )
     p.add_argument("--threshold", type=float, default=0.5, help="/spot's decision threshold on artifact_score")
+    p.add_argument(
+        "--features-from", type=Path, help="take conv1..conv5 from this checkpoint (the heads stay --checkpoint's)"
+    )
+    p.add_argument("--features-train-command", help="the training command(s) of --features-from, to record")
     p = sub.add_parser("speed", help="training throughput (img/s) per stage: optimised vs plain fp32 eager")
     p.add_argument("--preset", choices=list_presets(), required=True)
     p.add_argument("--steps", type=int, default=20)
@@ -133,7 +137,15 @@ def main(argv: list[str] | None = None) -> int:
                         report.get("summary", {k: v for k, v in report.items() if isinstance(v, (int, float))})
                     )
             meta = export(
-                args.checkpoint, args.out, args.name, args.version, metrics, args.train_command, args.threshold
+                args.checkpoint,
+                args.out,
+                args.name,
+                args.version,
+                metrics,
+                args.train_command,
+                args.threshold,
+                args.features_from,
+                args.features_train_command,
             )
             print(json.dumps({"out": str(args.out), "sha256": meta["sha256"], "export_check": meta["export_check"]}))
         elif args.command == "speed":

@@ -21,6 +21,21 @@ def wall_time(train: dict) -> str:
     return f"{own + before:.0f} s in all: {before:.0f} s in the run of `{init['checkpoint']}` ({stages}), then {own:.0f} s here"
 
 
+def features_section(meta: dict) -> str:
+    """Two sources: conv1..conv5 from one checkpoint, the heads from the one the details above describe."""
+    f = meta.get("features_from")
+    if not f:
+        return ""
+    return f"""Feature outputs `conv1`..`conv5` come from another checkpoint than the heads (`real_logit`,
+`mask_logits`): the self-supervised discriminator as the game left it, whose features the detect stage
+would otherwise trade for spotting.
+- Features from: `{f["checkpoint"]}`; steps: {f["steps"]}; wall time: {f["wall_time_s"]:.0f} s
+- Hardware: {f["hardware"]}
+- Training command: `{f["command"]}`
+
+"""
+
+
 def render(meta: dict) -> str:
     pre, train = meta["preprocessing"], meta["training"]
     outputs = _table(
@@ -54,7 +69,7 @@ real/artifact score and a drop-mask grid.
 - Exported from: `{train["checkpoint"]}` with torch {train["torch_version"]}, opset {meta["opset"]}
 - `model.onnx` sha256: `{meta["sha256"]}` ({meta["size_bytes"]} bytes)
 
-`/spot` calls an image altered when its `artifact_score` exceeds {meta.get("spot_threshold", 0.5)} (`spot_threshold`).
+{features_section(meta)}`/spot` calls an image altered when its `artifact_score` exceeds {meta.get("spot_threshold", 0.5)} (`spot_threshold`).
 
 ## Input
 `{meta["input"]["name"]}` float32 {meta["input"]["shape"]}: RGB, pixel values 0..255 minus the mean

@@ -33,15 +33,21 @@ OPSET = 18
 
 
 class SpotExport(nn.Module):
-    """images -> conv1..conv5, real_logit [N] (positive = real), mask_logits [N, 1, h, w] (positive = kept)."""
+    """images -> conv1..conv5, real_logit [N] (positive = real), mask_logits [N, 1, h, w] (positive = kept).
 
-    def __init__(self, disc: Discriminator):
+    With `features`, conv1..conv5 come from that discriminator and the two heads from `disc`: the
+    self-supervised features beside a detector fine-tuned from them (the detect stage changes the trunk)."""
+
+    def __init__(self, disc: Discriminator, features: Discriminator | None = None):
         super().__init__()
         self.disc = disc
+        self.features = features
 
     def forward(self, images: torch.Tensor):
         feats = self.disc.forward_intermediates(images)
         logits, mask_logits = self.disc.forward_head(feats[-1])
+        if self.features is not None:
+            feats = self.features.forward_intermediates(images)
         return (*feats, logits[:, 1] - logits[:, 0], mask_logits)
 
 
@@ -70,8 +76,8 @@ def load_discriminator(ckpt_path: Path) -> tuple[Discriminator, Config, dict]:
     return nets["disc"].eval().to(memory_format=torch.contiguous_format), cfg, state
 
 
-def export_onnx(disc: Discriminator, size: int, path: Path) -> None:
-    wrapper = SpotExport(disc).eval()
+def export_onnx(wrapper: SpotExport, size: int, path: Path) -> None:
+    wrapper = wrapper.eval()
     example = torch.randn(2, 3, size, size) * 60
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(
@@ -87,10 +93,10 @@ def export_onnx(disc: Discriminator, size: int, path: Path) -> None:
     program.save(str(path), external_data=False)
 
 
-def compare(disc: Discriminator, session: ort.InferenceSession, batches: dict[str, torch.Tensor]) -> dict[str, dict]:
+def compare(wrapper: SpotExport, session: ort.InferenceSession, batches: dict[str, torch.Tensor]) -> dict[str, dict]:
     """Per input set, over all outputs: the max abs difference, and the same divided by
     max(1, the output's max |value|) (features on the 0-255 input scale reach the hundreds)."""
-    wrapper = SpotExport(disc).eval()
+    wrapper = wrapper.eval()
     report = {}
     for label, x in batches.items():
         with torch.no_grad():
@@ -129,6 +135,17 @@ def init_provenance(cfg) -> dict | None:
     }
 
 
+def provenance(ckpt_path: Path, state: dict, command: str | None) -> dict:
+    """Where a checkpoint's weights came from, for the card: steps, wall time, hardware, command."""
+    return {
+        "checkpoint": str(ckpt_path),
+        "steps": {"stage": state["stage"], "step": state["step"], "completed": state["completed"]},
+        "wall_time_s": float(state.get("wall_time", 0.0)),
+        "hardware": state.get("hardware", "unknown"),
+        "command": command or state.get("command") or "unknown",
+    }
+
+
 def export(
     ckpt_path: Path,
     out_dir: Path,
@@ -137,14 +154,24 @@ def export(
     metrics: dict | None = None,
     train_command: str | None = None,
     threshold: float = 0.5,
+    features_from: Path | None = None,
+    features_command: str | None = None,
 ) -> dict:
-    """Write model.onnx, model.json and MODEL_CARD.md into `out_dir`; returns model.json's content."""
+    """Write model.onnx, model.json and MODEL_CARD.md into `out_dir`; returns model.json's content.
+    `features_from`: another checkpoint of the same architecture whose conv1..conv5 give the feature
+    outputs (the heads stay `ckpt_path`'s)."""
     disc, cfg, state = load_discriminator(Path(ckpt_path))
+    features, features_state = None, None
+    if features_from:
+        features, features_cfg, features_state = load_discriminator(Path(features_from))
+        if features_cfg.model != cfg.model:
+            raise ValueError(f"{features_from} holds another architecture than {ckpt_path}")
+    wrapper = SpotExport(disc, features)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
     size = cfg.model.image_size
-    export_onnx(disc, size, onnx_path)
+    export_onnx(wrapper, size, onnx_path)
     model = onnx.load(str(onnx_path))
     onnx.checker.check_model(model, full_check=True)
 
@@ -155,12 +182,12 @@ def export(
         "random_batch7": torch.randn(7, 3, size, size, generator=gen) * 60,
         "real_images": real_batch(cfg),
     }
-    check = compare(disc, session, batches)
+    check = compare(wrapper, session, batches)
     if max(c["max_scaled_diff"] for c in check.values()) > TOLERANCE:
         raise RuntimeError(f"ONNX Runtime differs from PyTorch beyond {TOLERANCE}: {check}")
 
     with torch.no_grad():
-        shapes = {n: list(t.shape[1:]) for n, t in zip(OUTPUTS, SpotExport(disc)(batches["random_batch1"]))}
+        shapes = {n: list(t.shape[1:]) for n, t in zip(OUTPUTS, wrapper(batches["random_batch1"]))}
     descriptions = {
         "real_logit": "real-vs-artifact logit; positive = real, sigmoid(-x) = artifact score",
         "mask_logits": "drop-mask logits on the encoder grid; positive = kept (no artifact there)",
@@ -216,6 +243,7 @@ def export(
             "checkpoint": str(ckpt_path),
             "torch_version": torch.__version__,
         },
+        "features_from": provenance(features_from, features_state, features_command) if features_from else None,
         "metrics": metrics or {},
     }
     (out_dir / "model.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -24,7 +24,7 @@ TABLES = [
         [
             ("ours, paper setting", "tiny64-ours-tin"),
             ("ours, raw photos also real (25%)", "tiny64-raw25-tin"),
-            ("the same + 12,000 detect steps", "tiny64-detect-tin"),
+            ("the same + 12,000 detect steps (v4's heads; v4's features are the row above)", "tiny64-detect-tin"),
         ],
     ),
     (
@@ -35,7 +35,7 @@ TABLES = [
         [
             ("ours, paper setting", "tiny64-ours-c10"),
             ("ours, raw photos also real (25%)", "tiny64-raw25-c10"),
-            ("the same + 12,000 detect steps", "tiny64-detect-c10"),
+            ("the same + 12,000 detect steps (v4's heads; v4's features are the row above)", "tiny64-detect-c10"),
         ],
     ),
     (

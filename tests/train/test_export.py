@@ -144,3 +144,44 @@ def test_a_run_started_from_another_runs_autoencoder_counts_its_stage_1_time(exp
     total = meta["training"]["wall_time_s"] + stage1["wall_time_s"]
     assert f"{total:.0f} s in all: {stage1['wall_time_s']:.0f} s in the run of" in card and "(ae 10 steps)" in card
     assert meta["spot_threshold"] == 0.7 and "exceeds 0.7" in card
+
+
+def test_features_from_another_checkpoint_beside_the_heads(exported, tmp_path):
+    """--features-from: conv1..conv5 are the other checkpoint's, the heads --checkpoint's, in one graph;
+    the service's feature-only and heads-only sessions give the same numbers as the whole graph."""
+    from service.model import HEAD_OUTPUTS, ExportedModel
+    from training import checkpoint
+
+    state = checkpoint.load(exported / "run" / "checkpoint.pt")
+    torch.manual_seed(0)
+    for value in state["networks"]["disc"].values():
+        if value.ndim == 4:  # conv kernels only: BN statistics stay valid
+            value.add_(torch.randn_like(value) * 0.05)
+    (tmp_path / "other").mkdir()
+    checkpoint.save(tmp_path / "other" / "checkpoint.pt", state)
+    out = tmp_path / "combined"
+    result = run_cli("export", "--checkpoint", str(exported / "run" / "checkpoint.pt"), "--out", str(out),
+                     "--features-from", str(tmp_path / "other" / "checkpoint.pt"),
+                     "--features-train-command", "the features' command")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    heads_disc, cfg, _ = load_discriminator(exported / "run" / "checkpoint.pt")
+    features_disc, _, _ = load_discriminator(tmp_path / "other" / "checkpoint.pt")
+    x = real_batch(cfg, 8)
+    with torch.no_grad():
+        heads = dict(zip(OUTPUTS, [t.numpy() for t in SpotExport(heads_disc)(x)]))
+        features = dict(zip(OUTPUTS, [t.numpy() for t in SpotExport(features_disc)(x)]))
+    got = dict(zip(OUTPUTS, ort.InferenceSession(str(out / "model.onnx")).run(OUTPUTS, {"images": x.numpy()})))
+    for name in OUTPUTS:
+        expected = heads[name] if name in HEAD_OUTPUTS else features[name]
+        other = features[name] if name in HEAD_OUTPUTS else heads[name]
+        assert np.abs(got[name] - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max()), name
+        assert np.abs(got[name] - other).max() > 1e-3 * max(1.0, np.abs(expected).max()), name
+
+    model = ExportedModel(out, "cpu")
+    assert np.allclose(model.run(x.numpy(), HEAD_OUTPUTS)["real_logit"], got["real_logit"], atol=1e-5)
+    assert np.allclose(model.run(x.numpy(), model.layers)["conv5"], got["conv5"], atol=1e-4)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["features_from"]["checkpoint"] == str(tmp_path / "other" / "checkpoint.pt")
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Features from: `" in card and "`the features' command`" in card
