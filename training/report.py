@@ -23,8 +23,8 @@ TABLES = [
         "tiny64-supervised-tin",
         [
             ("ours, paper setting", "tiny64-ours-tin"),
-            ("ours, raw photos also real (25%)", "tiny64-raw25-tin"),
-            ("the same + 12,000 detect steps (v4's heads; v4's features are the row above)", "tiny64-detect-tin"),
+            ("ours, raw photos also real (25%): v3, and v4's features", "tiny64-raw25-tin"),
+            ("the same + 12,000 detect steps: v4's heads", "tiny64-detect-tin"),
         ],
     ),
     (
@@ -34,8 +34,8 @@ TABLES = [
         "tiny64-supervised-c10",
         [
             ("ours, paper setting", "tiny64-ours-c10"),
-            ("ours, raw photos also real (25%)", "tiny64-raw25-c10"),
-            ("the same + 12,000 detect steps (v4's heads; v4's features are the row above)", "tiny64-detect-c10"),
+            ("ours, raw photos also real (25%): v3, and v4's features", "tiny64-raw25-c10"),
+            ("the same + 12,000 detect steps: v4's heads", "tiny64-detect-c10"),
         ],
     ),
     (
