@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from service.images import decode
-from service.model import ExportedModel, trunk_graph
+from service.model import HEAD_OUTPUTS, ExportedModel, trunk_graph
 from service.preprocess import centre_view
 
 from .context import commit, hardware, timed
@@ -67,8 +67,9 @@ def matmul_peak_gflops(seconds: float = 2.0, n: int = 2048) -> float:
 
 
 def onnxruntime_rows(model: ExportedModel, jpegs: list[bytes], seconds: float) -> dict:
-    """The whole graph (what /spot runs) and the trunk alone (what /features runs: `ExportedModel` cuts the
-    heads off when only feature maps are asked for), on decoded input and with the service's decode."""
+    """The heads' graph (what /spot runs: the whole graph when one network gives every output) and the
+    trunk alone (what /features runs: `ExportedModel` cuts the graph down to what is asked for), on
+    decoded input and with the service's decode."""
     rows = {
         k: {} for k in ("onnxruntime", "onnxruntime_with_decode", "onnxruntime_trunk", "onnxruntime_trunk_with_decode")
     }
@@ -83,7 +84,7 @@ def onnxruntime_rows(model: ExportedModel, jpegs: list[bytes], seconds: float) -
                 np.stack([model.normalize(centre_view(rgb, model.size, model.crop_fraction)) for rgb in rgbs]), names
             )
 
-        for suffix, names in (("", model.outputs), ("_trunk", model.layers)):
+        for suffix, names in (("", HEAD_OUTPUTS), ("_trunk", model.layers)):
             rows[f"onnxruntime{suffix}"][b] = timed(lambda: model.run(x, names), b, seconds)
             rows[f"onnxruntime{suffix}_with_decode"][b] = timed(lambda: decode_and_run(names), b, seconds)
     return rows
@@ -199,7 +200,7 @@ def measure(model_dir: Path, photos: Path, seconds: float) -> dict:
         "commit": commit(),
         "hardware": hardware(),
         "model_dir": str(model_dir.relative_to(REPO) if model_dir.is_relative_to(REPO) else model_dir),
-        "macs_per_image": macs_per_image(model_dir / "model.onnx"),
+        "macs_per_image": macs_per_image(onnx.load_from_string(trunk_graph(model_dir / "model.onnx", HEAD_OUTPUTS))),
         "trunk_macs_per_image": macs_per_image(
             onnx.load_from_string(trunk_graph(model_dir / "model.onnx", model.layers))
         ),
