@@ -59,11 +59,14 @@ TABLES = [
         "c32-supervised-c10",
         [
             ("ours, drop rate 0.7 (paper)", "c32-full-c10"),
+            ("the same, seed 1", "c32-full-seed1-c10"),
             ("drop rate 0.5", "c32-drop0.5-c10"),
             ("drop rate 0.3", "c32-drop0.3-c10"),
             ("repair network off", "c32-no-repair-c10"),
             ("mask head off", "c32-no-mask-c10"),
+            ("mask head off, seed 1", "c32-no-mask-seed1-c10"),
             ("the authors' code: L_C in the repair loss", "c32-code-quirk-c10"),
+            ("the authors' code, seed 1", "c32-code-quirk-seed1-c10"),
         ],
     ),
 ]
