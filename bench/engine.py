@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from service.images import decode
-from service.model import HEAD_OUTPUTS, ExportedModel, trunk_graph
+from service.model import HEAD_OUTPUTS, ExportedModel, cut_graph
 from service.preprocess import centre_view
 
 from .context import commit, hardware, timed
@@ -193,6 +193,7 @@ def gpu_rows(model_dir: Path, seconds: float) -> dict:
 def measure(model_dir: Path, photos: Path, seconds: float) -> dict:
     """Everything above for one model, as the report's JSON (rows: images/s per batch size)."""
     model = ExportedModel(model_dir, "cpu")
+    graph = onnx.load(str(model_dir / "model.onnx"))
     rows = onnxruntime_rows(model, jpeg_crops(photos, count=256, size=96), seconds)
     rows.update(pytorch_rows(model.meta, seconds))
     rows.update(gpu_rows(model_dir, seconds))
@@ -200,10 +201,8 @@ def measure(model_dir: Path, photos: Path, seconds: float) -> dict:
         "commit": commit(),
         "hardware": hardware(),
         "model_dir": str(model_dir.relative_to(REPO) if model_dir.is_relative_to(REPO) else model_dir),
-        "macs_per_image": macs_per_image(onnx.load_from_string(trunk_graph(model_dir / "model.onnx", HEAD_OUTPUTS))),
-        "trunk_macs_per_image": macs_per_image(
-            onnx.load_from_string(trunk_graph(model_dir / "model.onnx", model.layers))
-        ),
+        "macs_per_image": macs_per_image(cut_graph(graph, HEAD_OUTPUTS)),
+        "trunk_macs_per_image": macs_per_image(cut_graph(graph, model.layers)),
         "peak_gflops": matmul_peak_gflops(),
         "rows": {k: {str(b): v for b, v in row.items()} for k, row in rows.items()},
     }

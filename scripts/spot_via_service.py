@@ -8,7 +8,6 @@ to a real service on 127.0.0.1, scored by the exported model as a user's upload 
 from __future__ import annotations
 
 import argparse
-import copy
 import io
 import json
 import sys
@@ -23,8 +22,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.server import Server  # noqa: E402
 from training import checkpoint  # noqa: E402
-from training.data import ImageArrayDataset, eval_transform, load_images  # noqa: E402
 from training.loop import make_pair  # noqa: E402
+from training.spot_eval import heldout_as_stored  # noqa: E402
 
 
 def png(image: torch.Tensor) -> bytes:
@@ -48,10 +47,7 @@ def main() -> None:
     nets, cfg, _ = checkpoint.load_networks(args.checkpoint)
     for m in nets.values():
         m.eval()
-    as_stored = copy.deepcopy(cfg.data)
-    as_stored.test_crop = 1.0
-    size = cfg.model.ae_size or cfg.model.image_size
-    dataset = ImageArrayDataset(load_images(cfg.data.val, None, None, size), eval_transform(as_stored, size))
+    dataset = heldout_as_stored(cfg)
     pick = np.random.default_rng(0).choice(len(dataset), args.count, replace=False)
     images = torch.stack([dataset[int(i)][0] for i in pick])
     with torch.no_grad():

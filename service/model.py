@@ -40,13 +40,12 @@ def choose_providers(setting: str) -> list[str]:
     ]
 
 
-def trunk_graph(onnx_path: Path, outputs: list[str]) -> bytes:
+def cut_graph(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
     """The graph cut down to `outputs`. ONNX Runtime runs every node whatever outputs are asked for, and
     the heads' fc1 (a 4096 x 4096 matrix at full width, read from memory for every batch) is most of a
     small batch's time, so /features gets its own session without the heads; /spot gets one without the
     feature maps, which matters when they come from a second network (model.json `features_from`)."""
-    model = onnx.load(str(onnx_path))
-    return onnx.utils.Extractor(model).extract_model([model.graph.input[0].name], outputs).SerializeToString()
+    return onnx.utils.Extractor(model).extract_model([model.graph.input[0].name], outputs)
 
 
 class ExportedModel:
@@ -73,11 +72,19 @@ class ExportedModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.layers: list[str] = list(self.meta["layers"])
         try:
-            self.session = ort.InferenceSession(str(onnx_path), options, providers=choose_providers(providers))
-            trunk = trunk_graph(onnx_path, self.layers)
-            self.trunk = ort.InferenceSession(trunk, options, providers=choose_providers(providers))
-            heads = trunk_graph(onnx_path, HEAD_OUTPUTS)
-            self.heads = ort.InferenceSession(heads, options, providers=choose_providers(providers))
+            graph = onnx.load(str(onnx_path))
+            self.session = ort.InferenceSession(
+                graph.SerializeToString(), options, providers=choose_providers(providers)
+            )
+            trunk = cut_graph(graph, self.layers)
+            self.trunk = ort.InferenceSession(trunk.SerializeToString(), options, providers=choose_providers(providers))
+            heads = cut_graph(graph, HEAD_OUTPUTS)
+            # One network gives every output: the heads need all of it, so the whole session serves /spot.
+            self.heads = (
+                self.session
+                if len(heads.graph.node) == len(graph.graph.node)
+                else ort.InferenceSession(heads.SerializeToString(), options, providers=choose_providers(providers))
+            )
         except Exception as exc:  # noqa: BLE001 - ORT and onnx raise their own types for a bad graph
             raise ModelError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from None
         self.provider = self.session.get_providers()[0]

@@ -37,3 +37,20 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
         timeout=timeout,
         **kwargs,
     )
+
+
+def perturbed_copy(ckpt: Path, network: str, scale: float, out_dir: Path) -> Path:
+    """A copy of a checkpoint whose `network` has noise (std `scale`, seed 0) added to its conv kernels
+    only, so BN statistics stay valid: another run's weights of the same architecture, made in a test."""
+    import torch
+
+    from training import checkpoint
+
+    state = checkpoint.load(ckpt)
+    torch.manual_seed(0)
+    for value in state["networks"][network].values():
+        if value.ndim == 4:
+            value.add_(torch.randn_like(value) * scale)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.save(out_dir / "checkpoint.pt", state)
+    return out_dir / "checkpoint.pt"

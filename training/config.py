@@ -54,9 +54,7 @@ class TrainConfig:
     spot_steps: int = 195_250
     supervised_steps: int = 0  # the "supervised" row: the discriminator trained with labels
     detect_steps: int = 0  # stage "detect": the discriminator alone, against the final (frozen) repair net
-    detect_heads_only: bool = (
-        False  # detect stage trains the heads alone: conv1..conv5 (the features) stay as they were
-    )
+    detect_heads_only: bool = False  # detect trains the heads alone: conv1..conv5 (the features) stay as they were
     batch_size: int = 128  # per process; the discriminator sees 2x this
     lr: float = 3e-4
     beta1: float = 0.5

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint
 from .data import ImageArrayDataset, load_images, eval_transform
-from .loop import evaluate
+from .loop import SPOTTING, evaluate
 
 
 def evaluate_checkpoint(
@@ -24,8 +24,7 @@ def evaluate_checkpoint(
     if limit:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     batches = list(DataLoader(dataset, batch_size=batch_size, num_workers=0))
-    spotted = {"spot", "detect"} & {*state["completed"], state["stage"]}
-    stage = "spot" if spotted else "ae"
+    stage = "spot" if set(SPOTTING) & {*state["completed"], state["stage"]} else "ae"
     metrics = evaluate(nets, batches, cfg, stage)
     summary = {"ae/psnr_heldout_db": round(metrics["val/psnr"], 4)}
     return {

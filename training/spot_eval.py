@@ -85,6 +85,15 @@ def photo_false_alarms(disc, folder: Path, size: int, threshold: float = THRESHO
     return {"photos": len(scores), "false_alarm_rate": float((scores > threshold).mean()), "per_photo": per_photo}
 
 
+def heldout_as_stored(cfg) -> ImageArrayDataset:
+    """The run's held-out images at the autoencoder's size, uncropped: the pairs' source."""
+    size = cfg.model.ae_size or cfg.model.image_size
+    data = load_images(cfg.data.val, cfg.data.root or None, cfg.data.cache_dir or None, size)
+    as_stored = copy.deepcopy(cfg.data)
+    as_stored.test_crop = 1.0
+    return ImageArrayDataset(data, eval_transform(as_stored, size))
+
+
 def spot_eval(
     ckpt_path: Path,
     drop_rates: list[float],
@@ -103,11 +112,7 @@ def spot_eval(
     for m in nets.values():
         if m is not None:
             m.eval()
-    size = cfg.model.ae_size or cfg.model.image_size
-    data = load_images(cfg.data.val, cfg.data.root or None, cfg.data.cache_dir or None, size)
-    as_stored = copy.deepcopy(cfg.data)
-    as_stored.test_crop = 1.0
-    dataset = ImageArrayDataset(data, eval_transform(as_stored, size))
+    dataset = heldout_as_stored(cfg)
     if limit:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     batches = list(DataLoader(dataset, batch_size=batch_size))

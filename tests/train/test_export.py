@@ -15,7 +15,7 @@ from service.model import file_sha256
 from training.export import OUTPUTS, SpotExport, load_discriminator, real_batch
 from training.probe import probe_summary
 
-from ..conftest import REPO, run_cli
+from ..conftest import REPO, perturbed_copy, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -150,15 +150,8 @@ def test_features_from_another_checkpoint_beside_the_heads(exported, tmp_path):
     """--features-from: conv1..conv5 are the other checkpoint's, the heads --checkpoint's, in one graph;
     the service's feature-only and heads-only sessions give the same numbers as the whole graph."""
     from service.model import HEAD_OUTPUTS, ExportedModel
-    from training import checkpoint
 
-    state = checkpoint.load(exported / "run" / "checkpoint.pt")
-    torch.manual_seed(0)
-    for value in state["networks"]["disc"].values():
-        if value.ndim == 4:  # conv kernels only: BN statistics stay valid
-            value.add_(torch.randn_like(value) * 0.05)
-    (tmp_path / "other").mkdir()
-    checkpoint.save(tmp_path / "other" / "checkpoint.pt", state)
+    perturbed_copy(exported / "run" / "checkpoint.pt", "disc", 0.05, tmp_path / "other")
     out = tmp_path / "combined"
     result = run_cli("export", "--checkpoint", str(exported / "run" / "checkpoint.pt"), "--out", str(out),
                      "--features-from", str(tmp_path / "other" / "checkpoint.pt"),

@@ -14,7 +14,7 @@ import torch
 from training import checkpoint
 from training.log import read_metrics
 
-from ..conftest import REPO, run_cli
+from ..conftest import REPO, perturbed_copy, run_cli
 
 STEPS = ["--ae_steps=60", "--spot_steps=30", "--ckpt_every=5", "--log_every=10", "--sample_every=30"]
 
@@ -248,13 +248,7 @@ def test_spot_eval_with_another_generator(tmp_path, uninterrupted):
     own = tmp_path / "own.json"
     args = ["spot-eval", "--checkpoint", str(uninterrupted / "checkpoint.pt"), "--drop-rates", "0.7", "--limit", "64"]
     assert run_cli(*args, "--out", str(own)).returncode == 0
-    state = checkpoint.load(uninterrupted / "checkpoint.pt")
-    torch.manual_seed(0)
-    for value in state["networks"]["repair"].values():
-        if value.ndim == 4:  # conv kernels only: BN statistics stay valid
-            value.add_(torch.randn_like(value) * 0.5)
-    (tmp_path / "other").mkdir()
-    checkpoint.save(tmp_path / "other" / "checkpoint.pt", state)
+    perturbed_copy(uninterrupted / "checkpoint.pt", "repair", 0.5, tmp_path / "other")
     reports = {}
     for name, generator in (("same", uninterrupted), ("other", tmp_path / "other")):
         out = tmp_path / f"{name}.json"
