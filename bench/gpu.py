@@ -189,6 +189,7 @@ def main() -> None:
     p.add_argument("--engine-seconds", type=float, default=0.5)
     p.add_argument("--workers", type=int, default=4, help="processes sharing the GPU in the last sweep; 1 to skip")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gpu.json")
+    p.add_argument("--commit", default=commit(), help="the tree's commit, where the copy run has no git history")
     p.add_argument("--render", type=Path, help="only write the markdown beside this saved JSON")
     args = p.parse_args()
     if args.render:
@@ -202,7 +203,7 @@ def main() -> None:
     model_dir = args.model_dir.resolve()
     report = {
         "command": "python -m bench.gpu " + " ".join(sys.argv[1:]),
-        "commit": commit(),
+        "commit": args.commit,
         "started": started.isoformat(timespec="seconds"),
         "hardware": {**hardware(), "gpu": gpu_name()},
         "model_dir": str(model_dir.relative_to(REPO) if model_dir.is_relative_to(REPO) else model_dir),

@@ -124,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.intra_op_threads or max(1, usable_cores() // max(1, settings.workers)),
                 settings.ort_spinning,
             )
+            model.pad_batches(settings.pad_batches, settings.max_batch_size)
             model.warm_up()
             state["model"] = model
             state["batcher"] = Batcher(

@@ -98,6 +98,18 @@ class ExportedModel:
         self.outputs = [o["name"] for o in self.meta["outputs"]]
         self.grid = int(self.meta["mask_grid"])
         self.name, self.version = self.meta["name"], str(self.meta["version"])
+        self.pad_to = 0  # set by pad_batches()
+
+    def pad_batches(self, setting: str, size: int) -> None:
+        """Run every batch padded to `size` images (`setting` auto: on a GPU only). ONNX Runtime's CUDA
+        convolutions re-plan whenever the batch size differs from the last run's: measured on an H200
+        (bench/results/gpu-before-fixed-shape.json), varying batches cut /features to 34 img/s at 4 clients
+        against 625 with batching off. One shape is planned once, at warm-up; the padding costs the GPU
+        little (a batch of 64 takes about as long as one of 4)."""
+        if setting not in ("auto", "on", "off"):
+            raise ModelError(f"pad_batches must be auto, on or off, got {setting!r}")
+        on = setting == "on" or (setting == "auto" and self.provider != "CPUExecutionProvider")
+        self.pad_to = size if on else 0
 
     def normalize(self, rgb: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 -> 3xHxW float32 on the model's scale."""
@@ -110,7 +122,11 @@ class ExportedModel:
             session = self.trunk
         elif set(names) <= set(HEAD_OUTPUTS):
             session = self.heads
-        return dict(zip(names, session.run(names, {"images": np.ascontiguousarray(batch, np.float32)})))
+        n = len(batch)
+        if n < self.pad_to:
+            batch = np.concatenate([batch, np.zeros((self.pad_to - n, *batch.shape[1:]), np.float32)])
+        outputs = session.run(names, {"images": np.ascontiguousarray(batch, np.float32)})
+        return {name: out[:n] for name, out in zip(names, outputs)}
 
     def warm_up(self) -> None:
         self.run(np.zeros((1, 3, self.size, self.size), np.float32))

@@ -581,3 +581,29 @@ def test_workers_default_to_one_per_core_on_a_cpu_and_one_on_a_gpu(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert resolve_workers(Settings(workers=0, providers="auto")) == 1
     assert resolve_workers(Settings(workers=0, providers="cpu")) == cores  # CUDA present but not asked for
+
+
+def test_padded_batches_run_one_input_shape_and_give_the_same_outputs(model_dir):
+    from service.model import ModelError
+
+    model = ExportedModel(model_dir, "cpu")
+    model.pad_batches("auto", 8)
+    assert model.pad_to == 0  # auto pads on a GPU only
+    x = np.random.default_rng(0).uniform(-2, 2, (3, 3, model.size, model.size)).astype(np.float32)
+    plain = model.run(x)
+    model.pad_batches("on", 8)
+    shapes = []
+    for session in {id(s): s for s in (model.session, model.trunk, model.heads)}.values():
+        real_run = session.run
+        session.run = lambda names, feeds, real_run=real_run: shapes.append(feeds["images"].shape) or real_run(
+            names, feeds
+        )
+    for n in (1, 3, 8):
+        padded = model.run(x[:n] if n <= 3 else np.concatenate([x, x, x[:2]]))
+        for name in plain:
+            assert padded[name].shape[0] == n
+            np.testing.assert_allclose(padded[name][: min(n, 3)], plain[name][: min(n, 3)], rtol=1e-4, atol=1e-4)
+    model.run(x, model.layers)
+    assert set(shapes) == {(8, 3, model.size, model.size)}
+    with pytest.raises(ModelError, match="auto, on or off"):
+        model.pad_batches("always", 8)
