@@ -167,36 +167,12 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def gpu_rows(model_dir: Path, seconds: float) -> dict:
-    """The GPU variant where one is present: CUDA fp32 and TensorRT fp16 (its builder casts the fp32 export),
-    decoded input, same batch sweep. Empty on a machine without CUDA."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if "CUDAExecutionProvider" not in available:
-        return {}
-    variants = {"cuda_fp32": ["CUDAExecutionProvider"]}
-    if "TensorrtExecutionProvider" in available:
-        variants["tensorrt_fp16"] = [("TensorrtExecutionProvider", {"trt_fp16_enable": True}), "CUDAExecutionProvider"]
-    rows = {}
-    x_all = np.random.default_rng(0).uniform(-120, 130, (max(BATCHES), 3, 64, 64)).astype(np.float32)
-    for name, providers in variants.items():
-        session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=providers)
-        size = session.get_inputs()[0].shape[-1]
-        rows[name] = {}
-        for b in BATCHES:
-            x = np.ascontiguousarray(x_all[:b, :, :size, :size])
-            rows[name][b] = timed(lambda: session.run(None, {"images": x}), b, seconds)
-    return rows
-
-
 def measure(model_dir: Path, photos: Path, seconds: float) -> dict:
     """Everything above for one model, as the report's JSON (rows: images/s per batch size)."""
     model = ExportedModel(model_dir, "cpu")
     graph = onnx.load(str(model_dir / "model.onnx"))
     rows = onnxruntime_rows(model, jpeg_crops(photos, count=256, size=96), seconds)
     rows.update(pytorch_rows(model.meta, seconds))
-    rows.update(gpu_rows(model_dir, seconds))
     return {
         "commit": commit(),
         "hardware": hardware(),

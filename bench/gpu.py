@@ -26,11 +26,10 @@ import onnxruntime as ort
 
 from service.model import HEAD_OUTPUTS, cut_graph
 
-from . import service
+from . import report, service
 from .context import commit, hardware, timed
 from .engine import BATCHES
 from .load import jpeg_crops, write_bodies
-from .report import best, service_table
 from .server import REPO
 
 PROVIDERS = {"cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu": ["CPUExecutionProvider"]}
@@ -109,19 +108,62 @@ def service_rows(model_dir: Path, photos: Path, device: str, clients: list[int],
     return out
 
 
-def markdown(r: dict) -> str:
-    hw, eng = r["hardware"], r["engine"]
-    dev = r["device"]
+def measure(
+    model_dir: Path, photos: Path, device: str, clients: list[int], seconds: float, engine_seconds: float, workers: int
+) -> dict:
+    """The whole GPU variant for one model (the suite calls this where ONNX Runtime has CUDA)."""
+    started = datetime.datetime.now(datetime.timezone.utc)
+    run = {
+        "started": started.isoformat(timespec="seconds"),
+        "hardware": {**hardware(), "gpu": gpu_name()},
+        "model_dir": str(model_dir.relative_to(REPO) if model_dir.is_relative_to(REPO) else model_dir),
+        "device": device,
+        "engine": engine_rows(model_dir, device, engine_seconds),
+        "service": service_rows(model_dir, photos, device, clients, seconds, workers),
+    }
+    run["minutes"] = round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds() / 60, 1)
+    return run
+
+
+def summary(r: dict) -> list[str]:
+    """The headline figures, a bullet each (RESULTS.md quotes them)."""
+    eng, svc, dev = r["engine"]["rows"], r["service"], r["device"]
+    out = []
+    for route, part in (("features", "trunk"), ("spot", "heads")):
+        on, off = svc[route]["on"], svc[route]["off"]
+        c, row = report.best(on)
+        top = max(eng[f"{dev}_fp32_{part}"].values())
+        line = (
+            f"- `/{route}`, one image per request, one process: best {row['images_per_s']:.0f} img/s ({c} clients) ="
+            f" **{row['images_per_s'] / top:.3f}** of the engine's best ({dev} fp32, {part}, {top:.0f} img/s)"
+        )
+        if "16" in on and "16" in off:
+            line += f"; batching on / off at 16 clients **{on['16']['images_per_s'] / off['16']['images_per_s']:.2f}**"
+        out.append(line)
+    if "features_workers" in svc:
+        w = svc["features_workers"]
+        c, row = report.best(w["on"])
+        out.append(
+            f"- `/features` with `SPOT_WORKERS={w['workers']}` sharing the GPU: {row['images_per_s']:.0f} img/s ({c} clients)"
+        )
+    for part in ("trunk", "heads"):
+        b32, b16, bc = (max(eng[f"{k}_{part}"].values()) for k in (f"{dev}_fp32", f"{dev}_fp16", "cpu_fp32"))
+        out.append(
+            f"- engine, {part}: best {dev} fp32 / best CPU fp32 (same machine) **{b32 / bc:.2f}**, fp16 / fp32 **{b16 / b32:.2f}**"
+        )
+    return out
+
+
+def body(r: dict, level: str = "##") -> str:
+    """Machine, engine table, service tables (headings at `level`, so RESULTS.md can nest them)."""
+    hw, eng, dev, svc = r["hardware"], r["engine"], r["device"], r["service"]
     out = [
-        "# GPU variant of the benchmark suite",
-        "",
-        f"Written by `{r['command']}` at commit `{r['commit']}` (started {r['started']}, {r['minutes']} min);"
-        " `python -m bench.gpu --render` re-renders it. bench/README.md says how the run was set up.",
-        "",
         f"Machine: {hw['gpu']}; {hw['cpu']}, {hw['cores']} cores; Python {hw['python']}, ONNX Runtime"
         f" {hw['onnxruntime']} ({', '.join(hw['providers'])}). Model: `{r['model_dir']}`. Speeds from this one run.",
         "",
-        "## Engine: ONNX Runtime called directly",
+        *summary(r),
+        "",
+        f"{level} Engine: ONNX Runtime called directly",
         "",
         "Images per second on decoded float32 input (the host-to-device copy and back included, as the service"
         " pays them); `trunk` = conv1..conv5, the graph /features runs; `heads` = what /spot runs.",
@@ -131,52 +173,37 @@ def markdown(r: dict) -> str:
     ]
     for b in map(str, BATCHES):
         out.append(f"| {b} | " + " | ".join(f"{eng['rows'][k][b]:.0f}" for k in eng["rows"]) + " |")
-    ratios = []
-    for part in ("trunk", "heads"):
-        g32, cpu = eng["rows"][f"{dev}_fp32_{part}"], eng["rows"][f"cpu_fp32_{part}"]
-        g16 = eng["rows"][f"{dev}_fp16_{part}"]
-        b32, b16, bc = (max(v.values()) for v in (g32, g16, cpu))
-        ratios.append(
-            f"{part}: best {dev} fp32 / best CPU fp32 = **{b32 / bc:.2f}**, fp16 / fp32 = **{b16 / b32:.2f}**"
-        )
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in eng["max_abs_diff_vs_cpu"].items())
     first = {k: v for k, v in eng["first_call_ms"].items() if not k.startswith("cpu")}
     out += [
         "",
-        "; ".join(ratios) + ".",
-        "",
         f"Largest absolute difference from the CPU's outputs (16 images): {diffs}.",
         "",
-        "First call at each batch size, ms (cuDNN picks its algorithms there, once per shape): "
+        "First call at each batch size, ms (cuDNN picks its algorithms there): "
         + "; ".join(f"{k}: " + ", ".join(f"{b}: {ms:.0f}" for b, ms in v.items()) for k, v in first.items())
         + ".",
         "",
-        "## The service",
+        f"{level} The service on `SPOT_PROVIDERS={dev}`",
         "",
     ]
-    svc = r["service"]
     for route, label in (("features", "`/features?layers=conv5&pool=avg`"), ("spot", "`/spot?heatmap=none`")):
-        on, off = svc[route]["on"], svc[route]["off"]
         out += [f"{label}, one image per request, one server process, batching on (and off):", ""]
-        out += service_table(on, off) + [""]
-        c, row = best(on)
-        part = "trunk" if route == "features" else "heads"
-        engine_best = max(eng["rows"][f"{dev}_fp32_{part}"].values())
-        out += [
-            f"Best: {row['images_per_s']:.0f} img/s at {c} clients = **{row['images_per_s'] / engine_best:.2f}** of the"
-            f" engine's best ({dev} fp32, {part}: {engine_best:.0f} img/s); batching on / off at 16 clients:"
-            f" **{on['16']['images_per_s'] / off['16']['images_per_s']:.2f}**."
-            if "16" in on
-            else "",
-            "",
-        ]
+        out += report.service_table(svc[route]["on"], svc[route]["off"]) + [""]
     out += ["`/features`, 16 images per request, batching on:", ""]
-    out += service_table(svc["features_16_per_request"]["on"], None) + [""]
+    out += report.service_table(svc["features_16_per_request"]["on"], None) + [""]
     if "features_workers" in svc:
         w = svc["features_workers"]
         out += [f"`/features`, one image per request, `SPOT_WORKERS={w['workers']}` processes sharing the GPU:", ""]
-        out += service_table(w["on"], None) + [""]
+        out += report.service_table(w["on"], None) + [""]
     return "\n".join(out)
+
+
+def markdown(r: dict) -> str:
+    return (
+        f"# GPU variant of the benchmark suite\n\nWritten by `{r['command']}` at commit `{r['commit']}` (started"
+        f" {r['started']}, {r['minutes']} min); `python -m bench.gpu --render` re-renders it; bench/README.md says"
+        " how the run was set up.\n\n" + body(r)
+    )
 
 
 def main() -> None:
@@ -199,19 +226,12 @@ def main() -> None:
         sys.exit(
             f"ONNX Runtime has no CUDA provider here ({ort.get_available_providers()}); --providers cpu to smoke-test"
         )
-    started = datetime.datetime.now(datetime.timezone.utc)
-    model_dir = args.model_dir.resolve()
     report = {
         "command": "python -m bench.gpu " + " ".join(sys.argv[1:]),
         "commit": args.commit,
-        "started": started.isoformat(timespec="seconds"),
-        "hardware": {**hardware(), "gpu": gpu_name()},
-        "model_dir": str(model_dir.relative_to(REPO) if model_dir.is_relative_to(REPO) else model_dir),
-        "device": args.providers,
-        "engine": engine_rows(model_dir, args.providers, args.engine_seconds),
-    }
-    report["service"] = service_rows(model_dir, args.photos, args.providers, args.clients, args.seconds, args.workers)
-    report["minutes"] = round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds() / 60, 1)
+        **measure(args.model_dir.resolve(), args.photos, args.providers, args.clients, args.seconds,
+                  args.engine_seconds, args.workers),
+    }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))

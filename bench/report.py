@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from . import engine
+from . import engine, gpu
 from .server import REPO
 
 TARGETS = {"service_vs_engine": 0.6, "ours_vs_bentoml": 1.5, "x16_vs_engine": 0.9, "ort_vs_pytorch_b1": 2.0}
@@ -119,7 +119,8 @@ def service_table(on: dict, off: dict | None) -> list[str]:
     return lines
 
 
-def markdown(s: dict) -> str:
+def markdown(s: dict, gpu_run: dict | None = None) -> str:
+    """RESULTS.md; `gpu_run` is a separate `python -m bench.gpu` run, quoted where the suite ran without a GPU."""
     hw = s["hardware"]
     head, _ = headline(s)
     out = [
@@ -224,12 +225,20 @@ def markdown(s: dict) -> str:
     else:
         out.append("Not measured in this run.")
     out += ["", "## 5. GPU variant", ""]
-    gpu_engine = {k: v for k, v in s["engine"]["rows"].items() if k.startswith(("cuda", "tensorrt"))}
-    if gpu_engine or "skipped" not in s["gpu_service"]:
-        out += ["Engine rows `cuda_fp32` / `tensorrt_fp16` are in the engine table above; the service on CUDA:", ""]
-        out += service_table(s["gpu_service"]["features"], None)
+    g = s.get("gpu", {"skipped": s.get("gpu_service", {}).get("skipped", "not measured")})
+    if "skipped" not in g:
+        out.append(gpu.body(g, level="###"))
     else:
-        out.append(f"Not run: {s['gpu_service']['skipped']} (it runs wherever ONNX Runtime has CUDA).")
+        out.append(f"Not run in this suite run: {g['skipped']} (it runs wherever ONNX Runtime has CUDA).")
+        if gpu_run:
+            out += [
+                "",
+                f"The GPU variant on its own, `{gpu_run['command']}` at commit `{gpu_run['commit']}` on"
+                f" {gpu_run['hardware']['gpu']} ({gpu_run['hardware']['cores']} CPU cores), model"
+                f" `{gpu_run['model_dir']}`: [results/gpu.md](results/gpu.md).",
+                "",
+                *gpu.summary(gpu_run),
+            ]
     out += ["", "## Profile: where the time goes", ""]
     prof = s["profile"]
     if "skipped" in prof:
@@ -297,7 +306,8 @@ def plots(s: dict, folder: Path) -> None:
 
 def write(s: dict, folder: Path, results_md: Path) -> None:
     plots(s, folder)
-    text = markdown(s)
+    gpu_json = folder / "gpu.json"
+    text = markdown(s, json.loads(gpu_json.read_text()) if gpu_json.exists() else None)
     relative = os.path.relpath(folder, results_md.parent)
     results_md.write_text(text.replace("](results/", f"]({relative}/"))
 

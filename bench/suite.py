@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnxruntime
 
-from . import engine, peer, profile, report, service
+from . import engine, gpu, peer, profile, report, service
 from .context import commit, hardware
 from .load import jpeg_crops, write_bodies
 from .server import REPO
@@ -112,7 +112,6 @@ def main() -> None:
         bento_bodies = write_bodies(jpegs, Path(tmp) / "bento", field="images")
         few = [c for c in args.clients if c <= 16]
         level = dict(model_dir=model_dir, bodies=bodies, seconds=args.seconds)
-        on_gpu = dict(providers="cuda", require_gpu="true")
         workers = str(max(2, os.cpu_count() or 1))  # SPOT_WORKERS: one per core
         results = {
             "engine": engine.measure(model_dir, args.photos, args.engine_seconds),
@@ -148,8 +147,8 @@ def main() -> None:
                 },
             },
             "bentoml": bentoml_rows(args.bentoml_venv, model_dir, bento_bodies, jpegs[0], args.clients, args.seconds),
-            "gpu_service": (
-                {"features": service.sweep(route="features", per_request=1, clients=args.clients, **level, **on_gpu)}
+            "gpu": (
+                gpu.measure(model_dir, args.photos, "cuda", args.clients, args.seconds, args.engine_seconds, 4)
                 if "CUDAExecutionProvider" in onnxruntime.get_available_providers()
                 else {"skipped": "no CUDA provider on this machine"}
             ),

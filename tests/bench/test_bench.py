@@ -30,3 +30,25 @@ def test_the_suite_runs_short_and_writes_results_and_plots(tmp_path):
     assert "## The targets (issue 6)" in text and suite["commit"] in text and suite["hardware"]["cpu"] in text
     for png in ("engine.png", "service.png", "latency.png"):
         assert (tmp_path / png).stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_the_gpu_variant_runs_short_on_the_cpu_and_writes_its_report(tmp_path):
+    """`python -m bench.gpu` on the CPU provider: every step the GPU run takes, so that it cannot rot where
+    no GPU is lent (about a minute)."""
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, "-m", "bench.gpu", "--providers", "cpu", "--clients", "1", "4", "--seconds", "1",
+           "--engine-seconds", "0.05", "--workers", "2", "--out", str(out)]  # fmt: skip
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads(out.read_text())
+    assert {"cpu_fp32_trunk", "cpu_fp16_trunk", "cpu_fp32_heads", "cpu_fp16_heads"} == set(run["engine"]["rows"])
+    assert all(diff < 0.5 for diff in run["engine"]["max_abs_diff_vs_cpu"].values())  # fp16 stays close to fp32
+    svc = run["service"]
+    for route in ("features", "spot"):
+        assert all(r["non2xx"] == 0 for r in [*svc[route]["on"].values(), *svc[route]["off"].values()])
+        assert all(r["images_per_run"] == pytest.approx(1.0) for r in svc[route]["off"].values())
+    assert svc["features_16_per_request"]["on"]["1"]["images_per_run"] == pytest.approx(16)
+    assert svc["features_workers"]["workers"] == 2
+    text = out.with_suffix(".md").read_text()
+    assert "# GPU variant of the benchmark suite" in text and "of the engine's best" in text
