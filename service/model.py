@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
@@ -27,8 +28,20 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def tensorrt_libraries_present() -> bool:
+    """onnxruntime-gpu lists TensorRT whether or not TensorRT itself is installed, and then every session
+    logs an "EP Error" before falling back to CUDA (seen on an H200 without TensorRT); `auto` asks first."""
+    try:
+        ctypes.CDLL("libnvinfer.so.10")
+    except OSError:
+        return False
+    return True
+
+
 def choose_providers(setting: str) -> list[str]:
     available = ort.get_available_providers()
+    if "TensorrtExecutionProvider" in available and not tensorrt_libraries_present():
+        available = [p for p in available if p != "TensorrtExecutionProvider"]
     if setting == "cpu":
         return ["CPUExecutionProvider"]
     if setting in GPU_PROVIDERS:

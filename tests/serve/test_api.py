@@ -607,3 +607,15 @@ def test_padded_batches_run_one_input_shape_and_give_the_same_outputs(model_dir)
     assert set(shapes) == {(8, 3, model.size, model.size)}
     with pytest.raises(ModelError, match="auto, on or off"):
         model.pad_batches("always", 8)
+
+
+def test_auto_leaves_out_tensorrt_when_its_libraries_are_missing(monkeypatch):
+    import onnxruntime as ort
+
+    from service.model import choose_providers, tensorrt_libraries_present
+
+    listed = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]  # onnxruntime-gpu's list
+    monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
+    assert not tensorrt_libraries_present()  # no TensorRT on this machine
+    assert choose_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("tensorrt")[0] == "TensorrtExecutionProvider"  # asked for by name: still tried first
