@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from service.model import HEAD_OUTPUTS, cut_graph
+from service.model import HEAD_OUTPUTS, cut_graph, tensorrt_libraries_present
 
 from . import report, service
 from .context import commit, hardware, timed
@@ -55,7 +55,7 @@ def engine_rows(model_dir: Path, device: str, seconds: float) -> dict:
     """Images/s per batch size of the graphs the service runs (trunk for /features, heads for /spot), on
     `device` in fp32 and fp16 and on the CPU in fp32, decoded input (host to device copies included);
     the first call at each batch size (cuDNN's algorithm search happens there); the largest difference
-    from the CPU's outputs."""
+    from the CPU's outputs. TensorRT fp16 too where its libraries are present (none on the GPU lent here)."""
     graph = onnx.load(str(model_dir / "model.onnx"))
     layers = json.loads((model_dir / "model.json").read_text())["layers"]
     size = graph.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
@@ -65,6 +65,9 @@ def engine_rows(model_dir: Path, device: str, seconds: float) -> dict:
         cut = cut_graph(graph, outputs)
         variants = {f"cpu_fp32_{part}": (cut, PROVIDERS["cpu"]), f"{device}_fp32_{part}": (cut, PROVIDERS[device])}
         variants[f"{device}_fp16_{part}"] = (fp16(cut), PROVIDERS[device])
+        if device == "cuda" and tensorrt_libraries_present():  # TensorRT builds its own fp16 engine from fp32
+            trt = [("TensorrtExecutionProvider", {"trt_fp16_enable": True}), *PROVIDERS["cuda"]]
+            variants[f"tensorrt_fp16_{part}"] = (cut, trt)
         reference = None
         for name, (g, providers) in variants.items():
             session = ort.InferenceSession(g.SerializeToString(), providers=providers)
