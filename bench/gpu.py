@@ -97,11 +97,10 @@ def service_rows(model_dir: Path, photos: Path, device: str, clients: list[int],
         out = {}
         for route in ("features", "spot"):
             out[route] = {}
-            for batching in (True, False):
-                out[route]["on" if batching else "off"] = service.sweep(
-                    route=route, per_request=1, clients=clients, batching=batching, **level
-                )
-                print(route, batching, {c: round(r["images_per_s"]) for c, r in out[route]["on" if batching else "off"].items()}, flush=True)  # fmt: skip
+            for key, batching in (("on", True), ("off", False)):
+                rows = service.sweep(route=route, per_request=1, clients=clients, batching=batching, **level)
+                out[route][key] = rows
+                print(route, key, {c: round(r["images_per_s"]) for c, r in rows.items()}, flush=True)
         out["features_16_per_request"] = {"on": service.sweep(route="features", per_request=16, clients=few, **level)}
         if workers > 1:
             out["features_workers"] = {
