@@ -134,10 +134,11 @@ def summary(r: dict) -> list[str]:
     for route, part in (("features", "trunk"), ("spot", "heads")):
         on, off = svc[route]["on"], svc[route]["off"]
         c, row = report.best(on)
-        top = max(eng[f"{dev}_fp32_{part}"].values())
+        top, at64 = max(eng[f"{dev}_fp32_{part}"].values()), eng[f"{dev}_fp32_{part}"]["64"]
         line = (
             f"- `/{route}`, one image per request, one process: best {row['images_per_s']:.0f} img/s ({c} clients) ="
-            f" **{row['images_per_s'] / top:.3f}** of the engine's best ({dev} fp32, {part}, {top:.0f} img/s)"
+            f" **{row['images_per_s'] / top:.3f}** of the engine's best ({dev} fp32, {part}, {top:.0f} img/s;"
+            f" {at64:.0f} at batch 64, the service's largest)"
         )
         if "16" in on and "16" in off:
             line += f"; batching on / off at 16 clients **{on['16']['images_per_s'] / off['16']['images_per_s']:.2f}**"
@@ -177,15 +178,16 @@ def body(r: dict, level: str = "##") -> str:
         out.append(f"| {b} | " + " | ".join(f"{eng['rows'][k][b]:.0f}" for k in eng["rows"]) + " |")
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in eng["max_abs_diff_vs_cpu"].items())
     first = {k: v for k, v in eng["first_call_ms"].items() if not k.startswith("cpu")}
+    out += ["", f"Largest absolute difference from the CPU's outputs (16 images): {diffs}.", ""]
+    if first:
+        cells = "; ".join(f"{k}: " + ", ".join(f"{b}: {ms:.0f}" for b, ms in v.items()) for k, v in first.items())
+        out += [f"First call at each batch size, ms (cuDNN picks its algorithms there): {cells}.", ""]
     out += [
-        "",
-        f"Largest absolute difference from the CPU's outputs (16 images): {diffs}.",
-        "",
-        "First call at each batch size, ms (cuDNN picks its algorithms there): "
-        + "; ".join(f"{k}: " + ", ".join(f"{b}: {ms:.0f}" for b, ms in v.items()) for k, v in first.items())
-        + ".",
-        "",
         f"{level} The service on `SPOT_PROVIDERS={dev}`",
+        "",
+        "Batching on = the service's defaults (up to 64 images per run; on a GPU, from commit `f43ee74` on, every"
+        " run padded to 64: `SPOT_PAD_BATCHES=auto`; runs at earlier commits were not padded); off ="
+        " `SPOT_MAX_BATCH_SIZE=1`. Images per run count the requests' images, not the padding.",
         "",
     ]
     for route, label in (("features", "`/features?layers=conv5&pool=avg`"), ("spot", "`/spot?heatmap=none`")):
@@ -228,15 +230,15 @@ def main() -> None:
         sys.exit(
             f"ONNX Runtime has no CUDA provider here ({ort.get_available_providers()}); --providers cpu to smoke-test"
         )
-    report = {
+    run = {
         "command": "python -m bench.gpu " + " ".join(sys.argv[1:]),
         "commit": args.commit,
         **measure(args.model_dir.resolve(), args.photos, args.providers, args.clients, args.seconds,
                   args.engine_seconds, args.workers),
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
+    args.out.write_text(json.dumps(run, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(run))
     print(args.out.with_suffix(".md").read_text())
 
 

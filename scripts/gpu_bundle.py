@@ -2,7 +2,9 @@
 the device tool's 64 MiB per call (bench/README.md, "GPU variant"):
 
     .gpu/c1/cuda.so.xz   onnxruntime-gpu's CUDA provider with sm_90 (H100/H200) machine code only
-    .gpu/carry/          the rest of onnxruntime-gpu, the [serve] wheels for CPython 3.12, wrk, photos, run.sh
+    .gpu/carry/          the rest of onnxruntime-gpu, the [serve] wheels its image lacks (CPython 3.12: the
+                         image's own python; numpy, pillow, onnx, httpx, prometheus-client are there),
+                         wrk, photos, run.sh
 
 The CUDA provider library is 284 MB, 218 MB of it fatbins (machine code for sm_75..sm_120). Every fatbin
 that has sm_90 code keeps only that; fatbins built for sm_90 alone (kernels written for Hopper only;
@@ -11,6 +13,7 @@ CUDA_MODULE_LOADING=LAZY, a zeroed module is never read. xz then takes it to 39 
 
     python scripts/gpu_bundle.py        # then, on the device: mkdir -p /tmp/g && cp .gpu/c1/cuda.so.xz /tmp/g/
                                         # and, in the next call: COMMIT=<sha> bash .gpu/carry/run.sh
+                                        # (or bash .gpu/carry/check.sh: bench/results/gpu-check.log)
 """
 
 from __future__ import annotations
@@ -56,16 +59,19 @@ def keep_sm90(path: Path) -> None:
         if magic != FATBIN_MAGIC:
             pos += 8  # alignment between fatbins
             continue
-        entries, p = [], pos + header
-        while p < pos + header + size:
+        entries, p, fatbin_end = [], pos + header, pos + header + size
+        if header == 0 or fatbin_end > end:
+            raise ValueError(f"malformed fatbin at {pos:#x}")
+        while p < fatbin_end:
             _, _, entry_header, payload = struct.unpack_from("<HHIQ", data, p)
             arch = struct.unpack_from("<I", data, p + 28)[0]
+            if entry_header == 0 or p + entry_header + payload > fatbin_end:
+                raise ValueError(f"malformed fatbin entry at {p:#x}")
             entries.append((arch, p + entry_header, payload))
             p += entry_header + payload
         archs = {a for a, _, _ in entries}
-        hopper_only = 90 in archs and 80 not in archs
         for arch, start, payload in entries:
-            if (arch != 90 and 90 in archs) or hopper_only:
+            if (arch != 90 and 90 in archs) or archs == {90}:
                 data[start : start + payload] = bytes(payload)
         pos += header + size
     path.write_bytes(data)
@@ -106,6 +112,7 @@ def main() -> None:
             im.thumbnail((640, 640))
             im.save(carry / "photos" / f"{k:02d}.jpg", quality=92)
     shutil.copy(REPO / "scripts" / "gpu_device_run.sh", carry / "run.sh")
+    shutil.copy(REPO / "scripts" / "gpu_device_check.sh", carry / "check.sh")
     sizes = {p.name: sum(f.stat().st_size for f in p.rglob("*")) / 2**20 for p in (c1, carry)}
     print(f"{gpu}: " + ", ".join(f"{k} {v:.1f} MiB" for k, v in sizes.items()))
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Device bootstrap for `python -m bench.gpu`: onnxruntime-gpu 1.31.1 (its CUDA provider with sm_90 code only,
 # carried in the call before as /tmp/g/cuda.so.xz), the [serve] wheels, wrk; then the GPU suite. Made by scripts/gpu_bundle.py.
-set -u
+set -uo pipefail
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 [ -f /tmp/g/cuda.so.xz ] || { echo "MISSING /tmp/g/cuda.so.xz (machine went cold)"; exit 3; }
 mkdir -p /tmp/site

@@ -204,7 +204,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if state["model"] is None:
             return JSONResponse({"ready": False, "error": state["error"] or "loading"}, 503)
         m = state["model"]
-        return {"ready": True, "model": m.name, "version": m.version, "provider": m.provider}
+        return {"ready": True, "model": m.name, "version": m.version, "provider": m.provider,
+                "padded_batch_size": m.pad_to or None}  # fmt: skip
 
     @app.get("/metrics", tags=["health"])
     async def prometheus_metrics() -> Response:

@@ -2,6 +2,7 @@
 
 import os
 from functools import lru_cache
+from typing import Literal
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,7 +25,7 @@ class Settings(BaseSettings):
     max_tiles: int = 1024  # per image for /spot
     allowed_formats: str = "JPEG,PNG,WEBP,GIF,BMP,TIFF"
     max_batch_size: int = 64  # images per ONNX Runtime run (1 = batching off)
-    pad_batches: str = "auto"  # on | off | auto (on on a GPU): every run padded to max_batch_size, one input shape
+    pad_batches: Literal["auto", "on", "off"] = "auto"  # auto = on on a GPU: every run padded to max_batch_size
     max_batch_delay_ms: float = 2.0  # how long a first request waits for others to join its batch
     adaptive_batch_delay: bool = True  # wait only while other requests are arriving; false = always (as Triton)
     max_queue_images: int = 2048  # images waiting for the model; more is a quick 503 + Retry-After, not a timeout

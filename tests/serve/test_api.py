@@ -588,7 +588,11 @@ def test_padded_batches_run_one_input_shape_and_give_the_same_outputs(model_dir)
 
     model = ExportedModel(model_dir, "cpu")
     model.pad_batches("auto", 8)
-    assert model.pad_to == 0  # auto pads on a GPU only
+    assert model.pad_to == 0  # auto pads on a GPU only...
+    model.provider = "CUDAExecutionProvider"
+    model.pad_batches("auto", 8)
+    assert model.pad_to == 8  # ...as here, where the provider says so
+    model.pad_batches("off", 8)
     x = np.random.default_rng(0).uniform(-2, 2, (3, 3, model.size, model.size)).astype(np.float32)
     plain = model.run(x)
     model.pad_batches("on", 8)
@@ -612,10 +616,31 @@ def test_padded_batches_run_one_input_shape_and_give_the_same_outputs(model_dir)
 def test_auto_leaves_out_tensorrt_when_its_libraries_are_missing(monkeypatch):
     import onnxruntime as ort
 
-    from service.model import choose_providers, tensorrt_libraries_present
+    import service.model
+    from service.model import choose_providers
 
     listed = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]  # onnxruntime-gpu's list
     monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
-    assert not tensorrt_libraries_present()  # no TensorRT on this machine
+    monkeypatch.setattr(service.model, "tensorrt_libraries_present", lambda: False)
     assert choose_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers("tensorrt")[0] == "TensorrtExecutionProvider"  # asked for by name: still tried first
+    monkeypatch.setattr(service.model, "tensorrt_libraries_present", lambda: True)
+    assert choose_providers("auto") == listed
+
+
+def test_padding_is_reported_by_readyz_and_keeps_the_answers(model_dir):
+    import httpx
+
+    from bench.server import Server
+
+    data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
+    answers = {}
+    for pad in ("on", "auto"):  # auto on this CPU: off
+        s = Server(model_dir, ready="/readyz", pad_batches=pad, max_batch_size="8")
+        try:
+            assert httpx.get(f"{s.url}/readyz").json()["padded_batch_size"] == (8 if pad == "on" else None)
+            r = httpx.post(f"{s.url}/features?layers=conv5&pool=avg", files=[("files", ("a.png", data, "image/png"))])
+            answers[pad] = np.asarray(r.json()["results"][0]["features"]["conv5"]["values"])
+        finally:
+            s.stop()
+    np.testing.assert_allclose(answers["on"], answers["auto"], rtol=1e-4, atol=1e-5)
