@@ -53,3 +53,17 @@ def test_the_gpu_variant_runs_short_on_the_cpu_and_writes_its_report(tmp_path):
     assert svc["features_workers"]["workers"] == 2
     text = out.with_suffix(".md").read_text()
     assert "# GPU variant of the benchmark suite" in text and "of the engine's best" in text
+
+
+def test_results_md_quotes_a_gpu_run_in_the_suite_or_beside_it():
+    """Section 5 of RESULTS.md: the suite's own GPU part where it ran on a GPU, else a separate
+    `python -m bench.gpu` run (bench/results/gpu.json) quoted by its command and figures."""
+    from bench import report
+
+    suite = json.loads((REPO / "bench" / "results" / "suite.json").read_text())
+    gpu_run = json.loads((REPO / "bench" / "results" / "gpu.json").read_text())
+    beside = report.markdown(suite, gpu_run)
+    assert gpu_run["command"] in beside and "(results/gpu.md)" in beside and "of the engine's best" in beside
+    inside = report.markdown({**suite, "gpu": {k: v for k, v in gpu_run.items() if k not in ("command", "commit")}})
+    section = inside[inside.index("## 5. GPU variant") : inside.index("## Profile")]
+    assert "### Engine" in section and "### The service" in section and "Not run" not in section
