@@ -29,7 +29,7 @@ def features_section(meta: dict) -> str:
     return f"""Feature outputs `conv1`..`conv5` come from another checkpoint than the heads (`real_logit`,
 `mask_logits`): the self-supervised discriminator as the game left it, whose features the detect stage
 would otherwise trade for spotting.
-- Features from: `{f["checkpoint"]}`; steps: {f["steps"]}; wall time: {f["wall_time_s"]:.0f} s
+- Features from: `{f["checkpoint"]}`; steps: {f["steps"]}; wall time: {wall_time(f)}
 - Hardware: {f["hardware"]}
 - Training command: `{f["command"]}`
 

@@ -243,7 +243,14 @@ def export(
             "checkpoint": str(ckpt_path),
             "torch_version": torch.__version__,
         },
-        "features_from": provenance(features_from, features_state, features_command) if features_from else None,
+        "features_from": (
+            {
+                **provenance(features_from, features_state, features_command),
+                "initialised_from": init_provenance(features_cfg),
+            }
+            if features_from
+            else None
+        ),
         "metrics": metrics or {},
     }
     (out_dir / "model.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -176,5 +176,7 @@ def test_features_from_another_checkpoint_beside_the_heads(exported, tmp_path):
     assert np.allclose(model.run(x.numpy(), model.layers)["conv5"], got["conv5"], atol=1e-4)
     meta = json.loads((out / "model.json").read_text())
     assert meta["features_from"]["checkpoint"] == str(tmp_path / "other" / "checkpoint.pt")
+    # a perturbed copy of the heads' run: the same lineage (a run it started from counts in its wall time)
+    assert meta["features_from"]["initialised_from"] == meta["training"]["initialised_from"]
     card = (out / "MODEL_CARD.md").read_text()
     assert "Features from: `" in card and "`the features' command`" in card
