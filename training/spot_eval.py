@@ -133,16 +133,21 @@ def spot_eval(
     return results
 
 
+def significant(value: float) -> float:
+    """Six significant digits: short in a card, and never 0.99998 shown as a perfect 1.0."""
+    return float(f"{value:.6g}")
+
+
 def summarize(results: dict, prefix: str = "spot") -> dict[str, float]:
     """Flat headline numbers for model.json and the model card (prefix spot@RUN: another run's generator)."""
     out = {}
     for pair in results["pairs"]:
         for key in ("roc_auc", "ap", "acc", "real_acc", "fake_acc", "mask_ap"):
             if key in pair:
-                out[f"{prefix}/{key}@drop{pair['drop_rate']}"] = round(pair[key], 4)
+                out[f"{prefix}/{key}@drop{pair['drop_rate']}"] = significant(pair[key])
     if prefix != "spot":  # the false alarms do not depend on the generator: the plain report has them
         return out
-    out["spot/false_alarm_raw_heldout"] = round(results["raw_heldout_false_alarm_rate"], 4)
+    out["spot/false_alarm_raw_heldout"] = significant(results["raw_heldout_false_alarm_rate"])
     if "raw_photos" in results:
-        out["spot/false_alarm_raw_photos"] = round(results["raw_photos"]["false_alarm_rate"], 4)
+        out["spot/false_alarm_raw_photos"] = significant(results["raw_photos"]["false_alarm_rate"])
     return out

@@ -51,3 +51,13 @@ def test_tiles_cover_the_whole_image(shape):
     assert t.shape[1:] == (32, 32, 3)
     if min(shape) >= 32:
         assert np.array_equal(t[0], image[:32, :32]) and np.array_equal(t[-1], image[-32:, -32:])
+
+
+def test_summaries_keep_six_significant_digits_so_nothing_rounds_up_to_perfect():
+    from training.spot_eval import summarize
+
+    results = {"pairs": [{"drop_rate": 0.7, "roc_auc": 0.99997912, "mask_ap": 0.0123456789}],
+               "raw_heldout_false_alarm_rate": 0.0004}  # fmt: skip
+    summary = summarize(results)
+    assert summary["spot/roc_auc@drop0.7"] == 0.999979 < 1.0
+    assert summary["spot/mask_ap@drop0.7"] == 0.0123457 and summary["spot/false_alarm_raw_heldout"] == 0.0004
