@@ -24,9 +24,9 @@ TABLES = [
         [
             ("ours, paper setting", "tiny64-ours-tin"),
             ("ours, raw photos also real (25%): v3, and v4's features", "tiny64-raw25-tin"),
-            ("the same + 12,000 detect steps: v4's heads", "tiny64-detect-tin"),
+            ("the same + 12,000 detect steps: v4's and v5's heads", "tiny64-detect-tin"),
             ("v3's game with the mask head off (mask weight 0, from v3's autoencoder)", "tiny64-nomask-tin"),
-            ("v3's game with the authors' code quirk (L_C in the repair loss)", "tiny64-quirk-tin"),
+            ("v3's game with the authors' code quirk (L_C in the repair loss): v5's features", "tiny64-quirk-tin"),
         ],
     ),
     (
@@ -37,9 +37,9 @@ TABLES = [
         [
             ("ours, paper setting", "tiny64-ours-c10"),
             ("ours, raw photos also real (25%): v3, and v4's features", "tiny64-raw25-c10"),
-            ("the same + 12,000 detect steps: v4's heads", "tiny64-detect-c10"),
+            ("the same + 12,000 detect steps: v4's and v5's heads", "tiny64-detect-c10"),
             ("v3's game with the mask head off (mask weight 0, from v3's autoencoder)", "tiny64-nomask-c10"),
-            ("v3's game with the authors' code quirk (L_C in the repair loss)", "tiny64-quirk-c10"),
+            ("v3's game with the authors' code quirk (L_C in the repair loss): v5's features", "tiny64-quirk-c10"),
         ],
     ),
     (
