@@ -27,6 +27,7 @@ TABLES = [
             ("the same + 12,000 detect steps: v4's and v5's heads", "tiny64-detect-tin"),
             ("v3's game with the mask head off (mask weight 0, from v3's autoencoder)", "tiny64-nomask-tin"),
             ("v3's game with the authors' code quirk (L_C in the repair loss): v5's features", "tiny64-quirk-tin"),
+            ("the code quirk on v1's recipe (no raw photos as real, v1's autoencoder)", "tiny64-quirk-noraw-tin"),
         ],
     ),
     (
@@ -40,6 +41,7 @@ TABLES = [
             ("the same + 12,000 detect steps: v4's and v5's heads", "tiny64-detect-c10"),
             ("v3's game with the mask head off (mask weight 0, from v3's autoencoder)", "tiny64-nomask-c10"),
             ("v3's game with the authors' code quirk (L_C in the repair loss): v5's features", "tiny64-quirk-c10"),
+            ("the code quirk on v1's recipe (no raw photos as real, v1's autoencoder)", "tiny64-quirk-noraw-c10"),
         ],
     ),
     (
