@@ -2,7 +2,7 @@
 the device tool's 64 MiB per call (bench/README.md, "GPU variant"):
 
     .gpu/c1/cuda.so.xz   onnxruntime-gpu's CUDA provider with sm_90 (H100/H200) machine code only
-    .gpu/carry/          the rest of onnxruntime-gpu, the [serve] wheels its image lacks (CPython 3.12: the
+    .gpu/carry/          the rest of onnxruntime-gpu (unpacked there by setup.sh), the [serve] wheels its image lacks (CPython 3.12: the
                          image's own python; numpy, pillow, onnx, httpx, prometheus-client are there),
                          wrk, photos, run.sh
 
@@ -113,6 +113,7 @@ def main() -> None:
             im.save(carry / "photos" / f"{k:02d}.jpg", quality=92)
     shutil.copy(REPO / "scripts" / "gpu_device_run.sh", carry / "run.sh")
     shutil.copy(REPO / "scripts" / "gpu_device_check.sh", carry / "check.sh")
+    shutil.copy(REPO / "scripts" / "gpu_device_setup.sh", carry / "setup.sh")
     sizes = {p.name: sum(f.stat().st_size for f in p.rglob("*")) / 2**20 for p in (c1, carry)}
     print(f"{gpu}: " + ", ".join(f"{k} {v:.1f} MiB" for k, v in sizes.items()))
 

@@ -2,17 +2,8 @@
 # A correctness check on the device (after the bundle's first call, see scripts/gpu_bundle.py): the shipped model on
 # CUDA with SPOT_PROVIDERS=auto and cuda, padded batches against the CPU's outputs, /readyz and /spot of a real service.
 set -u
-[ -f /tmp/g/cuda.so.xz ] || { echo "MISSING cuda lib"; exit 3; }
-mkdir -p /tmp/site
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/carry/whl/*.whl || exit 4
-python3 - <<'PY' || exit 5
-import lzma, shutil, tarfile
-tarfile.open(".gpu/carry/ortcore.tar.xz").extractall("/tmp/site")
-with lzma.open("/tmp/g/cuda.so.xz") as src, open("/tmp/site/onnxruntime/capi/libonnxruntime_providers_cuda.so", "wb") as dst:
-    shutil.copyfileobj(src, dst)
-PY
-export PYTHONPATH=/tmp/site:$PWD CUDA_MODULE_LOADING=LAZY PYTHONUNBUFFERED=1
-export LD_LIBRARY_PATH=$(python3 -c "import glob,os,sys; print(':'.join(sorted({os.path.dirname(p) for p in glob.glob(sys.prefix+'/lib/python3*/site-packages/nvidia/**/lib*.so*', recursive=True)})))")
+# shellcheck source=scripts/gpu_device_setup.sh
+source "$(dirname "$0")/setup.sh"
 python3 - <<'PY'
 import numpy as np
 from service.model import ExportedModel
@@ -29,7 +20,7 @@ for setting in ("auto", "cuda"):
         print(" n", n, {k: (v.shape, float(np.abs(v - ref[k][:n]).max())) for k, v in out.items()})
 PY
 timeout 60 python3 -m service --host 127.0.0.1 --port 8123 > /tmp/svc.log 2>&1 &
-for i in $(seq 1 60); do curl -s 127.0.0.1:8123/readyz && break; sleep 1; done; echo
+for _ in $(seq 1 60); do curl -s 127.0.0.1:8123/readyz && break; sleep 1; done; echo
 python3 -c "
 import httpx, io
 from PIL import Image
