@@ -13,12 +13,18 @@ def _table(rows: list[tuple]) -> str:
 
 
 def wall_time(train: dict) -> str:
-    own, init = train["wall_time_s"], train.get("initialised_from")
-    if not init or init.get("wall_time_s") is None:
+    """The run's own wall time plus that of every run its networks started from (nested provenance)."""
+    own, parts, init = train["wall_time_s"], [], train.get("initialised_from")
+    while init and init.get("wall_time_s") is not None:
+        stages = ", ".join(f"{stage} {steps} steps" for stage, steps in init["stages"].items())
+        parts.append(
+            (init["wall_time_s"], f"{init['wall_time_s']:.0f} s in the run of `{init['checkpoint']}` ({stages})")
+        )
+        init = init.get("initialised_from")
+    if not parts:
         return f"{own:.0f} s"
-    before = init["wall_time_s"]
-    stages = ", ".join(f"{stage} {steps} steps" for stage, steps in init["stages"].items())
-    return f"{own + before:.0f} s in all: {before:.0f} s in the run of `{init['checkpoint']}` ({stages}), then {own:.0f} s here"
+    total = own + sum(t for t, _ in parts)
+    return f"{total:.0f} s in all: " + ", ".join(text for _, text in reversed(parts)) + f", then {own:.0f} s here"
 
 
 def features_section(meta: dict) -> str:

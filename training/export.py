@@ -120,9 +120,12 @@ def real_batch(cfg: Config, count: int = 16) -> torch.Tensor:
 def init_provenance(cfg) -> dict | None:
     """A run that started from another run's networks: the stages they come from (ae for the autoencoder,
     spot for the discriminator and repair net) with their steps, and the other run's wall time when the
-    last of them ended (its summary.jsonl; cumulative), so a card's wall time covers them."""
+    last of them ended (its summary.jsonl; cumulative), so a card's wall time covers them; and where that
+    run started from yet another, its own provenance, nested."""
     if not cfg.train.init_from:
         return None
+    config = Path(cfg.train.init_from).parent / "config.json"
+    before = init_provenance(Config.from_dict(json.loads(config.read_text()))) if config.exists() else None
     summary = Path(cfg.train.init_from).parent / "summary.jsonl"
     stages = [json.loads(line) for line in summary.read_text().splitlines()] if summary.exists() else []
     wanted = {"ae"} | ({"spot"} if set(cfg.train.init_networks.split(",")) - {"ae"} else set())
@@ -132,6 +135,7 @@ def init_provenance(cfg) -> dict | None:
         "networks": cfg.train.init_networks,
         "stages": {s["stage"]: s["steps"] for s in taken},
         "wall_time_s": taken[-1]["wall_time_s"] if taken else None,
+        **({"initialised_from": before} if before else {}),
     }
 
 

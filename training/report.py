@@ -28,6 +28,7 @@ TABLES = [
             ("v3's game with the mask head off (mask weight 0, from v3's autoencoder)", "tiny64-nomask-tin"),
             ("v3's game with the authors' code quirk (L_C in the repair loss): v5's features", "tiny64-quirk-tin"),
             ("the code quirk on v1's recipe (no raw photos as real, v1's autoencoder)", "tiny64-quirk-noraw-tin"),
+            ("v5's features + 7,500 more steps of the same game", "tiny64-quirk-more-tin"),
         ],
     ),
     (
@@ -42,6 +43,7 @@ TABLES = [
             ("v3's game with the mask head off (mask weight 0, from v3's autoencoder)", "tiny64-nomask-c10"),
             ("v3's game with the authors' code quirk (L_C in the repair loss): v5's features", "tiny64-quirk-c10"),
             ("the code quirk on v1's recipe (no raw photos as real, v1's autoencoder)", "tiny64-quirk-noraw-c10"),
+            ("v5's features + 7,500 more steps of the same game", "tiny64-quirk-more-c10"),
         ],
     ),
     (

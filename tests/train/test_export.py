@@ -4,6 +4,7 @@ ONNX Runtime equal to PyTorch within 1e-4 on random and real images."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -144,6 +145,38 @@ def test_a_run_started_from_another_runs_autoencoder_counts_its_stage_1_time(exp
     total = meta["training"]["wall_time_s"] + stage1["wall_time_s"]
     assert f"{total:.0f} s in all: {stage1['wall_time_s']:.0f} s in the run of" in card and "(ae 10 steps)" in card
     assert meta["spot_threshold"] == 0.7 and "exceeds 0.7" in card
+
+
+def test_provenance_follows_a_chain_of_runs_and_the_card_adds_them_up(tmp_path):
+    """A run from a run from a run (v6's features: quirk-more <- quirk <- raw25's autoencoder): every run's
+    time counts, each named with the stages taken from it."""
+    from training.card import wall_time
+    from training.config import dump, load_config
+    from training.export import init_provenance
+
+    def run(name: str, summary: list[dict], **overrides) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(dump(load_config("tiny", overrides)))
+        (folder / "summary.jsonl").write_text("".join(json.dumps(s) + "\n" for s in summary))
+        return folder / "checkpoint.pt"
+
+    a = run(
+        "a", [{"stage": "ae", "steps": 10, "wall_time_s": 7.0}, {"stage": "spot", "steps": 20, "wall_time_s": 19.0}]
+    )
+    b = run("b", [{"stage": "spot", "steps": 50, "wall_time_s": 30.0}], **{"train.init_from": str(a)})
+    cfg = load_config("tiny", {"train.init_from": str(b), "train.init_networks": "ae,disc,repair"})
+    init = init_provenance(cfg)
+    assert init["stages"] == {"spot": 50} and init["wall_time_s"] == 30.0
+    assert init["initialised_from"] == {
+        "checkpoint": str(a),
+        "networks": "ae",
+        "stages": {"ae": 10},
+        "wall_time_s": 7.0,
+    }
+    card = wall_time({"wall_time_s": 100.0, "initialised_from": init})
+    assert card == (f"137 s in all: 7 s in the run of `{a}` (ae 10 steps), 30 s in the run of `{b}` (spot 50 steps),"
+                    " then 100 s here")  # fmt: skip
 
 
 def test_features_from_another_checkpoint_beside_the_heads(exported, tmp_path):
