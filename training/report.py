@@ -29,6 +29,7 @@ TABLES = [
             ("v3's game with the authors' code quirk (L_C in the repair loss): v5's features", "tiny64-quirk-tin"),
             ("the code quirk on v1's recipe (no raw photos as real, v1's autoencoder)", "tiny64-quirk-noraw-tin"),
             ("v5's features + 7,500 more steps of the same game", "tiny64-quirk-more-tin"),
+            ("the same + 7,500 more again", "tiny64-quirk-more2-tin"),
         ],
     ),
     (
@@ -44,6 +45,7 @@ TABLES = [
             ("v3's game with the authors' code quirk (L_C in the repair loss): v5's features", "tiny64-quirk-c10"),
             ("the code quirk on v1's recipe (no raw photos as real, v1's autoencoder)", "tiny64-quirk-noraw-c10"),
             ("v5's features + 7,500 more steps of the same game", "tiny64-quirk-more-c10"),
+            ("the same + 7,500 more again", "tiny64-quirk-more2-c10"),
         ],
     ),
     (
