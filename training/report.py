@@ -30,6 +30,7 @@ TABLES = [
             ("the code quirk on v1's recipe (no raw photos as real, v1's autoencoder)", "tiny64-quirk-noraw-tin"),
             ("v5's features + 7,500 more steps of the same game", "tiny64-quirk-more-tin"),
             ("the same + 7,500 more again", "tiny64-quirk-more2-tin"),
+            ("the same + 7,500 more a third time", "tiny64-quirk-more3-tin"),
         ],
     ),
     (
@@ -46,6 +47,7 @@ TABLES = [
             ("the code quirk on v1's recipe (no raw photos as real, v1's autoencoder)", "tiny64-quirk-noraw-c10"),
             ("v5's features + 7,500 more steps of the same game", "tiny64-quirk-more-c10"),
             ("the same + 7,500 more again", "tiny64-quirk-more2-c10"),
+            ("the same + 7,500 more a third time", "tiny64-quirk-more3-c10"),
         ],
     ),
     (
