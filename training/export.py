@@ -139,14 +139,16 @@ def init_provenance(cfg) -> dict | None:
     }
 
 
-def provenance(ckpt_path: Path, state: dict, command: str | None) -> dict:
-    """Where a checkpoint's weights came from, for the card: steps, wall time, hardware, command."""
+def provenance(ckpt_path: Path, cfg: Config, state: dict, command: str | None) -> dict:
+    """Where a checkpoint's weights came from, for the card: steps, wall time, hardware, command, and the
+    runs it started from."""
     return {
         "checkpoint": str(ckpt_path),
         "steps": {"stage": state["stage"], "step": state["step"], "completed": state["completed"]},
         "wall_time_s": float(state.get("wall_time", 0.0)),
         "hardware": state.get("hardware", "unknown"),
         "command": command or state.get("command") or "unknown",
+        "initialised_from": init_provenance(cfg),
     }
 
 
@@ -248,12 +250,7 @@ def export(
             "torch_version": torch.__version__,
         },
         "features_from": (
-            {
-                **provenance(features_from, features_state, features_command),
-                "initialised_from": init_provenance(features_cfg),
-            }
-            if features_from
-            else None
+            provenance(features_from, features_cfg, features_state, features_command) if features_from else None
         ),
         "metrics": metrics or {},
     }
