@@ -222,7 +222,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/features", tags=["inference"], openapi_extra=MULTIPART_AND_JSON)
     async def features(
         request: Request,
-        layers: str | None = Query(None, description="comma-separated, e.g. conv3,conv5 (default conv5)"),
+        layers: str | None = Query(
+            None, description="comma-separated, e.g. conv3,conv5 (default: model.json's default_layer, GET /models)"
+        ),
         pool_: str | None = Query(None, alias="pool", description="none | avg | max | probe"),
         normalize_: str | None = Query(None, alias="normalize", description="none | l2"),
         encoding: str | None = Query(None, description="json | base64 (little-endian)"),
@@ -233,7 +235,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with state["batcher"].arriving_request():  # the batcher may wait for this one
             images, body = await opened_images(request)
             query = {"layers": layers, "pool": pool_, "normalize": normalize_, "encoding": encoding, "dtype": dtype}
-            p = feature_params({k: v for k, v in query.items() if v}, body, model.layers, model.layers[-1])
+            p = feature_params({k: v for k, v in query.items() if v}, body, model.layers, model.default_layer)
 
             def prepare():
                 views = [centre_view(to_array(img, n), model.size, model.crop_fraction) for n, img in images]

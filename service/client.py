@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=os.environ.get("SPOT_URL", "http://127.0.0.1:8000"))
     parser.add_argument("--api-key", default=os.environ.get("SPOT_API_KEY", ""))
     parser.add_argument("--out", type=Path, help="folder for the outputs (default: beside each image)")
-    parser.add_argument("--layers", default="conv5", help="features: comma-separated layers")
+    parser.add_argument(
+        "--layers", help="features: comma-separated layers (default: the model's default_layer, see GET /models)"
+    )
     parser.add_argument("--pool", default="avg", help="features: none | avg | max | probe")
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args(argv)
@@ -38,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "spot":
         params = {"heatmap": "overlay"}
     else:
-        params = {"layers": args.layers, "pool": args.pool, "encoding": "base64", "dtype": "float32"}
+        params = {"pool": args.pool, "encoding": "base64", "dtype": "float32"}
+        if args.layers:
+            params["layers"] = args.layers
     try:
         r = httpx.post(f"{args.url}/{args.command}", params=params, files=files, headers=headers, timeout=args.timeout)
     except httpx.HTTPError as exc:

@@ -84,6 +84,10 @@ class ExportedModel:
         # Spinning threads wait for work by burning a core: on a small CPU that core is the HTTP layer's.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.layers: list[str] = list(self.meta["layers"])
+        # What /features returns when no layer is asked for: the export's best probe layer (older folders: the last).
+        self.default_layer: str = self.meta.get("default_layer", self.layers[-1])
+        if self.default_layer not in self.layers:
+            raise ModelError(f"default_layer {self.default_layer!r} in {meta_path} is not one of {self.layers}")
         try:
             graph = onnx.load(str(onnx_path))
             self.session = ort.InferenceSession(

@@ -152,6 +152,19 @@ def provenance(ckpt_path: Path, cfg: Config, state: dict, command: str | None) -
     }
 
 
+def best_probe_layer(metrics: dict, train_data: str) -> tuple[str, str]:
+    """The layer `/features` returns when none is asked for (DESIGN.md: the best probe layer): the highest
+    top-1 of the linear probe on the training data's own dataset (else the first probe table measured);
+    the last layer when no probe was measured. Returns the layer and why."""
+    tables = sorted({k.split("/")[1] for k in metrics if k.startswith("probe_top1/")})
+    if not tables:
+        return LAYERS[-1], "the last layer (no linear probe measured)"
+    dataset = train_data.split(":")[0]
+    table = next((t for t in tables if t.split(":")[0] == dataset), tables[0])
+    best = max(LAYERS, key=lambda layer: metrics.get(f"probe_top1/{table}/{layer}", float("-inf")))
+    return best, f"the best top-1 of the {table} linear probe"
+
+
 def export(
     ckpt_path: Path,
     out_dir: Path,
@@ -202,6 +215,8 @@ def export(
         {"name": n, "shape": [None, *shapes[n]], "description": descriptions.get(n, f"{n} feature map after ReLU")}
         for n in OUTPUTS
     ]
+    metrics = metrics or {}
+    default_layer, default_layer_why = best_probe_layer(metrics, cfg.data.train)
     meta = {
         "name": name or out_dir.name,
         "version": version,
@@ -221,6 +236,8 @@ def export(
         },
         "outputs": outputs,
         "layers": LAYERS,
+        "default_layer": default_layer,
+        "default_layer_reason": default_layer_why,
         "feature_info": [{"name": f.name, "channels": f.channels, "reduction": f.reduction} for f in disc.feature_info],
         "probe_pooling": {
             n: {
@@ -239,20 +256,15 @@ def export(
             "preset": cfg.preset,
             "config": cfg.to_dict(),
             "data": cfg.data.train,
-            "steps": {"stage": state["stage"], "step": state["step"], "completed": state["completed"]},
-            "wall_time_s": float(state.get("wall_time", 0.0)),
-            "initialised_from": init_provenance(cfg),
+            **provenance(ckpt_path, cfg, state, train_command),
             "world_size": int(state.get("world_size", 1)),
-            "hardware": state.get("hardware", "unknown"),
-            "command": train_command or state.get("command") or "unknown",
             "git_commit": git_commit(out_dir),
-            "checkpoint": str(ckpt_path),
             "torch_version": torch.__version__,
         },
         "features_from": (
             provenance(features_from, features_cfg, features_state, features_command) if features_from else None
         ),
-        "metrics": metrics or {},
+        "metrics": metrics,
     }
     (out_dir / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     (out_dir / "MODEL_CARD.md").write_text(render(meta))

@@ -31,6 +31,7 @@ TABLES = [
             ("v5's features + 7,500 more steps of the same game", "tiny64-quirk-more-tin"),
             ("the same + 7,500 more again", "tiny64-quirk-more2-tin"),
             ("the same + 7,500 more a third time", "tiny64-quirk-more3-tin"),
+            ("the same + 7,500 more a fourth time", "tiny64-quirk-more4-tin"),
         ],
     ),
     (
@@ -48,6 +49,7 @@ TABLES = [
             ("v5's features + 7,500 more steps of the same game", "tiny64-quirk-more-c10"),
             ("the same + 7,500 more again", "tiny64-quirk-more2-c10"),
             ("the same + 7,500 more a third time", "tiny64-quirk-more3-c10"),
+            ("the same + 7,500 more a fourth time", "tiny64-quirk-more4-c10"),
         ],
     ),
     (

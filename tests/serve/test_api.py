@@ -200,6 +200,33 @@ def test_missing_or_corrupt_model_is_not_ready_with_a_clear_error(tmp_path, mode
         s.stop()
 
 
+def test_features_default_to_the_model_json_default_layer(tmp_path, model_dir, client):
+    """No `layers` asked for: the layer model.json names (the export's best probe layer), else the last one."""
+    import httpx
+
+    from bench.server import Server
+
+    meta = json.loads((model_dir / "model.json").read_text())
+    assert meta["default_layer"] == "conv5" and "no linear probe" in meta["default_layer_reason"]
+    files = [("files", ("a.png", png_bytes(Image.new("RGB", (40, 30), (90, 20, 200))), "image/png"))]
+    assert list(client.post("/features", files=files).json()["results"][0]["features"]) == ["conv5"]
+    for default, ready in (("conv3", True), ("conv9", False)):
+        folder = tmp_path / default
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes((model_dir / "model.onnx").read_bytes())
+        (folder / "model.json").write_text(json.dumps({**meta, "default_layer": default}))
+        s = Server(folder)
+        try:
+            r = httpx.get(f"{s.url}/readyz")
+            if ready:
+                got = httpx.post(f"{s.url}/features", files=files).json()["results"][0]["features"]
+                assert list(got) == ["conv3"] and httpx.get(f"{s.url}/models").json()["default_layer"] == "conv3"
+            else:
+                assert r.status_code == 503 and "default_layer 'conv9'" in r.json()["error"]
+        finally:
+            s.stop()
+
+
 def test_an_oversized_body_is_refused_before_it_is_read(model_dir):
     import httpx
 

@@ -32,6 +32,13 @@ def test_the_card_reports_model_json():
         assert f"| {name} | {value} |" in card
 
 
+def test_its_default_feature_layer_is_its_best_probe_layer():
+    """DESIGN.md: `/features` without `layers` gives the best linear-probe layer on the model's own data."""
+    meta = json.loads((SHIPPED / "model.json").read_text())
+    top1 = {layer: meta["metrics"][f"probe_top1/tiny-imagenet:val/{layer}"] for layer in meta["layers"]}
+    assert meta["default_layer"] == max(top1, key=top1.get)
+
+
 def test_onnx_runtime_alone_runs_it_without_torch():
     code = (
         "import sys, numpy as np; from service.model import ExportedModel; "

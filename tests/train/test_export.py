@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from service.model import file_sha256
-from training.export import OUTPUTS, SpotExport, load_discriminator, real_batch
+from training.export import OUTPUTS, SpotExport, best_probe_layer, load_discriminator, real_batch
 from training.probe import probe_summary
 
 from ..conftest import REPO, perturbed_copy, run_cli
@@ -103,6 +103,20 @@ def test_evaluation_metrics_reach_model_json_and_the_card(exported, tmp_path):
     card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
     for name, value in meta["metrics"].items():
         assert f"| {name} | {value} |" in card
+    assert meta["default_layer"] == "conv5" and "`/features` returns `conv5`" in card
+
+
+def test_the_default_layer_is_the_best_probe_layer_on_the_models_own_data():
+    top1 = {"tiny-imagenet:val": [0.10, 0.12, 0.15, 0.14, 0.11], "cifar10:test": [0.57, 0.59, 0.58, 0.61, 0.55]}
+    metrics = {f"probe_top1/{t}/conv{i + 1}": v for t, row in top1.items() for i, v in enumerate(row)}
+    assert best_probe_layer(metrics, "tiny-imagenet:train")[0] == "conv3"
+    assert best_probe_layer(metrics, "cifar10:train")[0] == "conv4"
+    only_c10 = {k: v for k, v in metrics.items() if "cifar10" in k}
+    assert best_probe_layer(only_c10, "tiny-imagenet:train") == (
+        "conv4",
+        "the best top-1 of the cifar10:test linear probe",
+    )
+    assert best_probe_layer({"spot/roc_auc@drop0.7": 0.9}, "tiny-imagenet:train")[0] == "conv5"
 
 
 def test_probe_of_the_onnx_export_equals_the_probe_of_its_checkpoint(exported):
