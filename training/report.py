@@ -20,8 +20,9 @@ TABLES = [
         "Tiny-ImageNet-200 val (probes trained on Tiny-ImageNet train labels), 64 px models",
         "probe-tiny-imagenet.png",
         "tiny64-random-tin",
-        "tiny64-supervised-tin",
+        "tiny64-supervised-long-tin",
         [
+            ("supervised, 12,000 steps (the reference row until 2026-11-26)", "tiny64-supervised-tin"),
             ("ours, paper setting", "tiny64-ours-tin"),
             ("ours, raw photos also real (25%): v3, and v4's features", "tiny64-raw25-tin"),
             ("the same + 12,000 detect steps: v4's and v5's heads", "tiny64-detect-tin"),
@@ -38,8 +39,9 @@ TABLES = [
         "CIFAR-10 test (transfer: models pre-trained on Tiny-ImageNet, probes on CIFAR-10 train labels)",
         "probe-cifar10-transfer.png",
         "tiny64-random-c10",
-        "tiny64-supervised-c10",
+        "tiny64-supervised-long-c10",
         [
+            ("supervised, 12,000 steps (the reference row until 2026-11-26)", "tiny64-supervised-c10"),
             ("ours, paper setting", "tiny64-ours-c10"),
             ("ours, raw photos also real (25%): v3, and v4's features", "tiny64-raw25-c10"),
             ("the same + 12,000 detect steps: v4's and v5's heads", "tiny64-detect-c10"),

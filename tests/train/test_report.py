@@ -15,12 +15,15 @@ def test_report_tables_gap_closed_and_plots(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     probe_file(results, "tiny64-random-tin", [0.10, 0.10, 0.10, 0.10, 0.10])
-    probe_file(results, "tiny64-supervised-tin", [0.20, 0.30, 0.50, 0.50, 0.50])
+    probe_file(results, "tiny64-supervised-long-tin", [0.20, 0.30, 0.50, 0.50, 0.50])  # the reference row
+    probe_file(results, "tiny64-supervised-tin", [0.15, 0.20, 0.30, 0.30, 0.30])  # the shorter one: a row
     probe_file(results, "tiny64-ours-tin", [0.20, 0.20, 0.40, 0.30, 0.10])
     text = write_report(results, tmp_path / "results.md")
     # ours closes 1.0 / 0.5 / 0.75 / 0.5 / 0.0: mean over conv2..conv5 = 0.4375
     assert "| ours, paper setting (`probe-tiny64-ours-tin.json`) | 20.00 (1.00) | 20.00 (0.50) | 40.00 (0.75)" in text
     assert "**0.438**" in text
+    assert "(`probe-tiny64-supervised-tin.json`) | 15.00 (0.50) | 20.00 (0.50)" in text and "**0.500**" in text
+    assert "| supervised (`probe-tiny64-supervised-long-tin.json`) | 20.00 | 30.00 |" in text
     assert (results / "probe-tiny-imagenet.png").stat().st_size > 1000
     assert "![" in text and "(results/probe-tiny-imagenet.png)" in text
     # tables whose runs are missing say so instead of inventing rows
