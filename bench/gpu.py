@@ -94,22 +94,20 @@ def service_rows(model_dir: Path, photos: Path, device: str, clients: list[int],
         bodies = {k: write_bodies(jpegs, Path(tmp) / f"x{k}", per_request=k) for k in (1, 16)}
         level = dict(model_dir=model_dir, bodies=bodies, seconds=seconds, **settings)
         few = [c for c in clients if c <= 16]
-        out = {}
-        for route in ("features", "spot"):
-            out[route] = {}
+
+        def on_off(route: str, **extra) -> dict:
+            """One image per request, batching on and off, each over every client count."""
+            measured = {}
             for key, batching in (("on", True), ("off", False)):
-                rows = service.sweep(route=route, per_request=1, clients=clients, batching=batching, **level)
-                out[route][key] = rows
-                print(route, key, {c: round(r["images_per_s"]) for c, r in rows.items()}, flush=True)
+                rows = service.sweep(route=route, per_request=1, clients=clients, batching=batching, **extra, **level)
+                measured[key] = rows
+                print(route, extra, key, {c: round(r["images_per_s"]) for c, r in rows.items()}, flush=True)
+            return measured
+
+        out = {route: on_off(route) for route in ("features", "spot")}
         out["features_16_per_request"] = {"on": service.sweep(route="features", per_request=16, clients=few, **level)}
         if workers > 1:  # several processes: the HTTP layer, one core each, no longer the bound (bench/README.md)
-            out["features_workers"] = {"workers": workers}
-            for key, batching in (("on", True), ("off", False)):
-                rows = service.sweep(
-                    route="features", per_request=1, clients=clients, batching=batching, workers=str(workers), **level
-                )
-                out["features_workers"][key] = rows
-                print("features", workers, "workers", key, {c: round(r["images_per_s"]) for c, r in rows.items()})
+            out["features_workers"] = {"workers": workers, **on_off("features", workers=str(workers))}
     return out
 
 
