@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-from . import spot
+from . import oip, spot
 from .batcher import Batcher, QueueFull
 from .config import Settings, get_settings, usable_cores
 from .features import encode, normalize, pool
@@ -190,6 +190,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(400, str(exc)) from None
         metrics.stage.labels(stage).observe(time.perf_counter() - started)
         return result
+
+    app.include_router(
+        oip.router(
+            oip.Hooks(
+                model=ready_model,
+                batcher=lambda: state["batcher"],
+                check_auth=check_auth,
+                submit=submit,
+                result=result,
+                count_images=lambda n: metrics.images.labels("/v2/models/{model_name}/infer").inc(n),
+                max_images=settings.max_files,
+            )
+        )
+    )
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:

@@ -196,6 +196,9 @@ def test_missing_or_corrupt_model_is_not_ready_with_a_clear_error(tmp_path, mode
         r = httpx.get(f"{s.url}/readyz")
         assert r.status_code == 503 and "sha256" in r.json()["error"]
         assert httpx.post(f"{s.url}/features", files=[("files", ("a.png", b"x", "image/png"))]).status_code == 503
+        assert httpx.get(f"{s.url}/v2/health/ready").status_code == 400  # the Open Inference Protocol's "false"
+        r = httpx.post(f"{s.url}/v2/models/spot-tiny/infer", json={"inputs": []})
+        assert r.status_code == 503 and "sha256" in r.json()["error"]
     finally:
         s.stop()
 
@@ -252,6 +255,8 @@ def test_api_key_guards_inference(model_dir):
         assert httpx.post(f"{s.url}/features", files=files).status_code == 401
         bad = httpx.post(f"{s.url}/spot", files=files, headers={"Authorization": "Bearer nope"})
         assert bad.status_code == 401 and "API key" in bad.json()["detail"]
+        tensor = {"inputs": [{"name": "images", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0] * 3072}]}
+        assert httpx.post(f"{s.url}/v2/models/spot-tiny/infer", json=tensor).status_code == 401
         assert "spot_images_total{" not in httpx.get(f"{s.url}/metrics").text  # nothing was decoded or run
         good = httpx.post(f"{s.url}/features", files=files, headers={"Authorization": "Bearer s3cret"})
         assert good.status_code == 200

@@ -12,7 +12,12 @@ SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 
 
 def fuzz(url: str, workdir: Path, examples: int, *extra: str) -> subprocess.CompletedProcess:
-    """schemathesis in a scratch folder (it keeps a cache of what it found there)."""
+    """schemathesis in a scratch folder (it keeps a cache of what it found there), with the served model's
+    name and version for the /v2 paths, so that infer bodies reach the parser instead of a 404."""
+    model = httpx.get(f"{url}/models").json()
+    (workdir / "schemathesis.toml").write_text(
+        f'[parameters]\n"path.model_name" = "{model["name"]}"\n"path.model_version" = "{model["version"]}"\n'
+    )
     cmd = [str(SCHEMATHESIS), "run", f"{url}/openapi.json", "--checks", "not_a_server_error", "--workers", "1",
            "--max-examples", str(examples), "--phases", "examples,coverage,fuzzing", "--no-color",
            "--request-timeout", "30", *extra]  # fmt: skip

@@ -1,0 +1,276 @@
+"""The Open Inference Protocol (KServe v2, what Triton, KServe and Seldon speak) beside /features and /spot:
+preprocessed tensors in, named outputs out, so code written for Triton (tritonclient, a KServe client) runs
+against this service unchanged, batched together with the other routes. JSON tensors and Triton's binary
+tensor extension (raw little-endian bytes after a JSON header of `Inference-Header-Content-Length` bytes);
+errors are `{"error": ...}` as the protocol has them, 400 for every bad request, as in Triton."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field, ValidationError
+
+from .batcher import Batcher
+from .model import ExportedModel
+
+HEADER_LENGTH = "inference-header-content-length"
+INLINE_BYTES = 1 << 18  # bodies up to this size are parsed on the event loop; bigger ones on a thread
+SERVER = {"name": "spot-artifacts", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+
+
+class InputTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict = {}
+    data: list | None = Field(None, description="row-major values, flat or nested; or binary_data_size in parameters")
+
+
+class RequestedOutput(BaseModel):
+    name: str
+    parameters: dict = {}
+
+
+class InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict = {}
+    inputs: list[InputTensor] = Field(min_length=1)
+    outputs: list[RequestedOutput] | None = None
+
+
+def inline_refs(schema: dict) -> dict:
+    """A pydantic schema with its $defs written in place: OpenAPI has no home for them in openapi_extra."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict) and "$ref" in node:
+            return walk(defs[node["$ref"].rsplit("/", 1)[1]])
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        return [walk(v) for v in node] if isinstance(node, list) else node
+
+    return walk(schema)
+
+
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "JSON; or, with the header Inference-Header-Content-Length: n, n bytes of JSON followed by "
+        "each binary input's binary_data_size bytes (Triton's binary tensor extension)",
+        "content": {"application/json": {"schema": inline_refs(InferRequest.model_json_schema())}},
+    }
+}
+
+
+def bad(message: str) -> HTTPException:
+    return HTTPException(400, message)
+
+
+def dims(shape: list) -> list[int]:
+    return [-1 if d is None else int(d) for d in shape]
+
+
+def model_metadata(model: ExportedModel) -> dict:
+    """The model as OIP describes one: every output of model.json, all FP32, -1 for the batch."""
+    spec = model.meta["input"]
+    return {
+        "name": model.name,
+        "versions": [model.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": spec["name"], "datatype": "FP32", "shape": dims(spec["shape"])}],
+        "outputs": [{"name": o["name"], "datatype": "FP32", "shape": dims(o["shape"])} for o in model.meta["outputs"]],
+    }
+
+
+def flag(parameters: dict, key: str, default: bool) -> bool:
+    value = parameters.get(key, default)
+    if not isinstance(value, bool):
+        raise bad(f"parameter {key} must be true or false, got {value!r}")
+    return value
+
+
+@dataclass
+class Infer:
+    batch: np.ndarray  # [n, 3, size, size] float32, finite
+    outputs: list[tuple[str, bool]]  # (name, sent as binary)
+    id: str | None
+
+
+def parse_infer(body: bytes, header_length: str | None, model: ExportedModel, max_images: int) -> Infer:
+    """An infer request checked against the model's one input; every mistake is a 400 that says what to send."""
+    json_end = len(body)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise bad(f"Inference-Header-Content-Length {header_length!r} must be a byte count within the body")
+        json_end = int(header_length)
+    try:
+        request = InferRequest.model_validate_json(body[:json_end])
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+        raise bad(f"not an inference request: {problems}") from None
+    spec = model_metadata(model)["inputs"][0]
+    expected = f"one input {spec['name']!r}, FP32, shape {spec['shape']} with 1 to {max_images} images"
+    if len(request.inputs) != 1 or request.inputs[0].name != spec["name"]:
+        raise bad(f"inputs {[t.name for t in request.inputs]}: the model takes {expected}")
+    tensor = request.inputs[0]
+    if tensor.datatype != "FP32":
+        raise bad(f"input datatype {tensor.datatype}: the model takes {expected}")
+    shape = tensor.shape
+    if len(shape) != 4 or shape[1:] != spec["shape"][1:] or not 1 <= shape[0] <= max_images:
+        raise bad(f"input shape {shape}: the model takes {expected}")
+    if "shared_memory_region" in tensor.parameters:
+        raise bad("shared memory is not supported: send the data in the request")
+    count, size = math.prod(shape), tensor.parameters.get("binary_data_size")
+    if size is not None:
+        if tensor.data is not None:
+            raise bad("give the input's data or its binary_data_size, not both")
+        if size != 4 * count or isinstance(size, bool):
+            raise bad(f"binary_data_size {size!r}: shape {shape} in FP32 is {4 * count} bytes")
+        if len(body) - json_end != size:
+            raise bad(f"{len(body) - json_end} bytes follow the JSON header; binary_data_size says {size}")
+        batch = np.frombuffer(body, "<f4", count, json_end).astype(np.float32).reshape(shape)
+    else:
+        if json_end != len(body):
+            raise bad(f"{len(body) - json_end} bytes follow the JSON header but no input has binary_data_size")
+        if tensor.data is None:
+            raise bad("the input has no data: give data (row-major numbers) or parameters.binary_data_size")
+        try:
+            values = np.array(tensor.data)
+        except (ValueError, TypeError, RecursionError):
+            raise bad("input data must be numbers, flat or nested row-major with equal lengths") from None
+        if values.dtype.kind not in "iuf":
+            raise bad("input data must be numbers, flat or nested row-major with equal lengths")
+        if values.size != count:
+            raise bad(f"input data holds {values.size} values; shape {shape} needs {count}")
+        batch = values.astype(np.float32).reshape(shape)
+    if not np.isfinite(batch).all():
+        raise bad("input holds NaN or infinite values")
+    binary_default = flag(request.parameters, "binary_data_output", False)
+    wanted = request.outputs or [RequestedOutput(name=name) for name in model.outputs]
+    outputs: dict[str, bool] = {}
+    for out in wanted:
+        if out.name not in model.outputs:
+            raise bad(f"unknown output {out.name!r}; valid: {', '.join(model.outputs)}")
+        if "classification" in out.parameters or "shared_memory_region" in out.parameters:
+            raise bad("classification and shared memory outputs are not supported")
+        outputs[out.name] = flag(out.parameters, "binary_data", binary_default)
+    return Infer(batch, list(outputs.items()), request.id)
+
+
+def infer_response(model: ExportedModel, results: dict[str, np.ndarray], request: Infer) -> Response:
+    """JSON when every output is JSON; else the JSON header, then the binary outputs in order."""
+    tensors, blobs = [], []
+    for name, binary in request.outputs:
+        values = np.ascontiguousarray(results[name], "<f4")
+        tensor = {"name": name, "datatype": "FP32", "shape": list(values.shape)}
+        if binary:
+            tensor["parameters"] = {"binary_data_size": values.nbytes}
+            blobs.append(values.tobytes())
+        else:
+            tensor["data"] = values.ravel()
+        tensors.append(tensor)
+    head = {"model_name": model.name, "model_version": model.version}
+    if request.id is not None:
+        head["id"] = request.id
+    head |= {"parameters": {"execution_provider": model.provider}, "outputs": tensors}
+    header = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return Response(header, media_type="application/json")
+    return Response(
+        b"".join([header, *blobs]),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+@dataclass
+class Hooks:
+    """What the OIP routes borrow from the app: the same model, auth, batcher and limits as /features."""
+
+    model: Callable[[], ExportedModel]  # the loaded model, else HTTPException 503
+    batcher: Callable[[], Batcher]
+    check_auth: Callable[[Request], None]
+    submit: Callable  # (batch, names) -> future, or HTTPException 503 when the queue is full
+    result: Callable  # awaits a future, or HTTPException 504
+    count_images: Callable[[int], None]
+    max_images: int
+
+
+def router(hooks: Hooks) -> APIRouter:
+    routes = APIRouter(prefix="/v2", tags=["open inference protocol (KServe v2)"])
+
+    def as_error(exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
+
+    def served(name: str, version: str | None) -> ExportedModel:
+        model = hooks.model()
+        if name != model.name or version not in (None, model.version):
+            wanted = name if version is None else f"{name} version {version}"
+            raise HTTPException(404, f"model {wanted} is not served here; {model.name} version {model.version} is")
+        return model
+
+    @routes.get("")
+    async def server_metadata() -> dict:
+        return SERVER
+
+    @routes.get("/health/live")
+    async def live() -> Response:
+        return Response(status_code=200)
+
+    @routes.get("/health/ready")
+    async def ready() -> Response:
+        """200 ready, 400 not (the protocol's "4xx = false", Triton's 400)."""
+        try:
+            hooks.model()
+        except HTTPException:
+            return Response(status_code=400)
+        return Response(status_code=200)
+
+    @routes.get("/models/{model_name}")
+    @routes.get("/models/{model_name}/versions/{model_version}")
+    async def metadata(model_name: str, model_version: str | None = None):
+        try:
+            return model_metadata(served(model_name, model_version))
+        except HTTPException as exc:
+            return as_error(exc)
+
+    @routes.get("/models/{model_name}/ready")
+    @routes.get("/models/{model_name}/versions/{model_version}/ready")
+    async def model_ready(model_name: str, model_version: str | None = None):
+        try:
+            served(model_name, model_version)
+        except HTTPException as exc:
+            return as_error(exc) if exc.status_code == 404 else Response(status_code=400)
+        return Response(status_code=200)
+
+    @routes.post("/models/{model_name}/infer", openapi_extra=INFER_BODY)
+    @routes.post("/models/{model_name}/versions/{model_version}/infer", openapi_extra=INFER_BODY)
+    async def infer(request: Request, model_name: str, model_version: str | None = None):
+        try:
+            hooks.check_auth(request)
+            model = served(model_name, model_version)
+            if request.headers.get("content-encoding", "identity") != "identity":
+                raise HTTPException(415, f"Content-Encoding {request.headers['content-encoding']} is not supported")
+            with hooks.batcher().arriving_request():  # the batcher may wait for this one
+                body = await request.body()
+                header_length = request.headers.get(HEADER_LENGTH)
+
+                def parse() -> Infer:
+                    return parse_infer(body, header_length, model, hooks.max_images)
+
+                parsed = parse() if len(body) <= INLINE_BYTES else await run_in_threadpool(parse)
+                job = hooks.submit(parsed.batch, [name for name, _ in parsed.outputs])
+            results = await hooks.result(job)
+            hooks.count_images(len(parsed.batch))
+            return infer_response(model, results, parsed)
+        except HTTPException as exc:
+            return as_error(exc)
+
+    return routes
