@@ -377,6 +377,50 @@ def test_command_line_client_writes_overlays_and_features(server, tmp_path):
     assert r.returncode == 2 and "no such file" in r.stderr
 
 
+def test_command_line_client_takes_folders_in_chunks_and_a_bad_file_costs_only_itself(server, tmp_path):
+    """21 images from two folders (more than one request holds; the same names in both), one of them
+    truncated: every good image gets its output, the bad one its error, exit status 1."""
+    import shutil
+    import subprocess
+    import sys
+
+    import httpx
+
+    from ..conftest import REPO
+
+    photos = sorted((DATA / "photos" / "stl10_unlabeled").rglob("*.png"))[:15]
+    for folder, chosen in (("a", photos[:10]), ("b", photos[:5] + photos[10:])):
+        (tmp_path / folder).mkdir()
+        for photo in chosen:
+            shutil.copy(photo, tmp_path / folder / photo.name)
+    (tmp_path / "b" / "broken.jpg").write_bytes(_truncated_jpeg())
+    base = [sys.executable, "-m", "service.client"]
+    folders = [str(tmp_path / "a"), str(tmp_path / "b")]
+
+    def client(*args):
+        cmd = [*base, *args, *folders, "--url", server.url]
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    r = client("features", "--stack", str(tmp_path / "f.npz"), "--layers", "conv5", "--per-request", "4")
+    assert r.returncode == 1 and "1 of 21 images failed" in r.stderr
+    report = json.loads(r.stdout)
+    (failed,) = [x for x in report if "error" in x]
+    assert failed["image"] == str(tmp_path / "b" / "broken.jpg") and failed["error"].startswith("400")
+    stacked = np.load(tmp_path / "f.npz")
+    assert list(stacked["names"]) == [x["image"] for x in report if "error" not in x]
+    assert stacked["conv5"].shape == (20, 32)
+    one = httpx.post(
+        f"{server.url}/features", params={"layers": "conv5"}, files=[("files", open(stacked["names"][13], "rb"))]
+    )
+    np.testing.assert_allclose(stacked["conv5"][13], one.json()["results"][0]["features"]["conv5"]["values"], rtol=1e-6)
+
+    r = client("spot", "--out", str(tmp_path / "out"))  # 21 images: two requests of at most 16
+    assert r.returncode == 1
+    for folder in ("a", "b"):  # the same name in both folders: two overlays, none overwritten
+        assert Image.open(tmp_path / "out" / folder / photos[0].with_suffix(".overlay.png").name).size == (96, 96)
+    assert sum(1 for _ in (tmp_path / "out").rglob("*.overlay.png")) == 20
+
+
 def _bits(img: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)
