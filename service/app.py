@@ -22,7 +22,7 @@ from .batcher import Batcher, QueueFull
 from .config import Settings, get_settings, usable_cores
 from .features import encode, normalize, pool
 from .images import BadImage, open_image, to_array
-from .metrics import Metrics
+from .metrics import Metrics, forget_dead_workers
 from .model import HEAD_OUTPUTS, ExportedModel, ModelError
 from .preprocess import centre_view, tiles
 from .requests import HEATMAP_FORMATS, feature_params, read_images, spot_params
@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        forget_dead_workers()
         try:
             model = ExportedModel(
                 settings.model_dir,
@@ -134,8 +135,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics.observe_batch,
                 settings.max_queue_images,
                 settings.adaptive_batch_delay,
+                metrics.pending.set,
             )
             state["batcher"].start()
+            metrics.model_info.labels(model.name, model.version, model.provider).set(1)
             log.info("loaded %s %s on %s", model.name, model.version, model.provider)
         except ModelError as exc:
             state["error"] = str(exc)
@@ -143,6 +146,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         if state["batcher"]:
             await state["batcher"].stop()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            multiprocess.mark_process_dead(os.getpid())
 
     app = FastAPI(title="spot-artifacts", version="0.1.0", lifespan=lifespan)
     app.add_middleware(Guard, max_bytes=settings.max_body_bytes, metrics=metrics)
@@ -309,12 +314,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lambda: spot.results(per_image, outputs, p["heatmap"], model.size, model.grid),
             "postprocess",
         )
+        threshold = settings.threshold or float(model.meta.get("spot_threshold", 0.5))
+        for item in results:
+            item["altered"] = item["artifact_score"] > threshold  # the decision, as CNNDetection's at 0.5
         return json_response(
             {
                 "model": model.name,
                 "version": model.version,
                 "provider": model.provider,
-                "threshold": settings.threshold or float(model.meta.get("spot_threshold", 0.5)),
+                "threshold": threshold,
                 "results": results,
             }
         )

@@ -42,8 +42,10 @@ class Batcher:
         observe=None,
         max_queue: int = 0,
         adaptive_delay: bool = True,
+        on_queued=None,
     ):
         self.model = model
+        self.on_queued = on_queued or (lambda images: None)  # metrics hook: images waiting, after each change
         self.max_queue = max_queue  # images waiting; 0 = unbounded
         self.queued = 0
         self.max_batch_size = max(1, max_batch_size)
@@ -80,6 +82,7 @@ class Batcher:
             raise QueueFull(f"{self.queued} images are waiting (limit {self.max_queue})")
         job = Job(inputs, names, asyncio.get_running_loop().create_future())
         self.queued += len(inputs)
+        self.on_queued(self.queued)
         self.queue.put_nowait(job)
         return job.future
 
@@ -115,6 +118,7 @@ class Batcher:
         while True:
             jobs = await self._collect()
             self.queued -= sum(len(j.inputs) for j in jobs)
+            self.on_queued(self.queued)
             jobs = [j for j in jobs if not j.future.cancelled()]
             if not jobs:
                 continue

@@ -1,9 +1,13 @@
 """Prometheus metrics: requests by route and status, latency split queue / preprocess / inference,
-batch sizes and images processed. One registry per app."""
+batch sizes, images processed and waiting, and which model and execution provider serve. One registry per
+app; with several workers (SPOT_WORKERS) the multiprocess modes say how their gauges add up."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import os
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -23,6 +27,19 @@ class Metrics:
             "spot_batch_size", "Images per ONNX Runtime run", buckets=BATCH_BUCKETS, registry=self.registry
         )
         self.images = Counter("spot_images", "Images processed", ["route"], registry=self.registry)
+        self.pending = Gauge(
+            "spot_pending_images",
+            "Images queued for an ONNX Runtime run and not yet in one (what an autoscaler watches)",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.model_info = Gauge(
+            "spot_model_info",
+            "The model served and the execution provider that actually runs it (value 1)",
+            ["model", "version", "provider"],
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
         self._inference, self._queue = self.stage.labels("inference"), self.stage.labels("queue")
 
     def observe_batch(self, batch_size: int, inference_s: float, queue_s: list[float]) -> None:
@@ -30,3 +47,17 @@ class Metrics:
         self._inference.observe(inference_s)
         for q in queue_s:
             self._queue.observe(q)
+
+
+def forget_dead_workers() -> None:
+    """Several workers (PROMETHEUS_MULTIPROC_DIR): drop the live gauges of workers that are gone, so that a
+    worker that crashed and was replaced leaves no images "waiting" behind. Called as a worker starts."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    for path in Path(folder).glob("gauge_live*_*.db") if folder else []:
+        pid = int(path.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid)
+        except PermissionError:
+            pass  # alive, another user's

@@ -98,6 +98,7 @@ def test_spot_untiled_and_tiled_heatmaps_at_image_size(client, model_dir):
     assert big_r["tiling"]["tiles"] > 100 and np.asarray(big_r["heatmap"]["values"]).shape == (427, 640)
     for item in (small_r, big_r):
         assert 0.0 <= item["artifact_score"] <= 1.0
+        assert item["altered"] is (item["artifact_score"] > r.json()["threshold"])
     # the score is the mean tile probability from ONNX Runtime run directly
     model = ExportedModel(model_dir, "cpu")
     t, _, _ = tiles(decode(big, "x", 10**8, {"JPEG"}), model.size)
@@ -307,6 +308,31 @@ def test_concurrent_requests_are_batched_and_counted(model_dir):
         assert 'spot_requests_total{route="/features",status="200"} 64.0' in text
         assert 'spot_images_total{route="/features"} 64.0' in text
         assert 'spot_stage_seconds_count{stage="queue"}' in text and 'stage="preprocess"' in text
+    finally:
+        s.stop()
+
+
+def test_metrics_show_the_images_waiting_and_which_model_and_provider_serve(model_dir):
+    """A first request waits a second for company (delay not adaptive): meanwhile it is pending."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from bench.server import Server
+
+    s = Server(model_dir, max_batch_delay_ms="1000", adaptive_batch_delay="false")
+    files = [("files", ("a.png", png_bytes(Image.new("RGB", (64, 64), (10, 200, 30))), "image/png"))] * 3
+    try:
+        with httpx.Client(base_url=s.url, timeout=30) as c, ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(c.post, "/features", files=files)
+            time.sleep(0.4)
+            during = c.get("/metrics").text
+            assert waiting.result().status_code == 200
+            after = c.get("/metrics").text
+        assert "spot_pending_images 3.0" in during and "spot_pending_images 0.0" in after
+        info = 'spot_model_info{model="spot-tiny",provider="CPUExecutionProvider",version="1"} 1.0'
+        assert info in after
     finally:
         s.stop()
 
@@ -540,6 +566,7 @@ def test_overload_is_a_quick_503_with_retry_after_and_visible_in_metrics(model_d
             assert 'spot_requests_total{route="/features",status="503"}' in c.get("/metrics").text
             r = c.post("/spot", files=[("files", ("a.png", data, "image/png"))])
             assert r.status_code == 200 and r.json()["threshold"] == 0.9  # SPOT_THRESHOLD overrides the model's
+            assert r.json()["results"][0]["altered"] is (r.json()["results"][0]["artifact_score"] > 0.9)
     finally:
         s.stop()
 
@@ -641,6 +668,9 @@ def test_two_workers_serve_one_port_and_metrics_add_up(model_dir):
             text = c.get("/metrics").text  # answered by one worker, counting both
             assert 'spot_requests_total{route="/features",status="200"} 40.0' in text
             assert 'spot_images_total{route="/features"} 40.0' in text
+            info = [line for line in text.splitlines() if line.startswith("spot_model_info{")]
+            assert info == ['spot_model_info{model="spot-tiny",provider="CPUExecutionProvider",version="1"} 1.0']
+            assert "spot_pending_images 0.0" in text  # the workers' gauges added up: one series
     finally:
         s.proc.send_signal(signal.SIGTERM)
         assert s.proc.wait(30) == 0
