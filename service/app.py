@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-from . import oip, spot
+from . import __version__, oip, spot
 from .batcher import Batcher, QueueFull
 from .config import Settings, get_settings, usable_cores
 from .features import encode, normalize, pool
@@ -82,10 +82,11 @@ class Guard:
 
     def refusal(self, scope) -> Response | None:
         length = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
+        key = "error" if scope["path"].startswith("/v2/") else "detail"  # the Open Inference Protocol's error key
         if length.isdigit() and int(length) > self.max_bytes:
-            return JSONResponse({"detail": f"body of {length} bytes exceeds the limit of {self.max_bytes}"}, 413)
+            return JSONResponse({key: f"body of {length} bytes exceeds the limit of {self.max_bytes}"}, 413)
         if scope["method"] == "POST" and not length:
-            return JSONResponse({"detail": "a Content-Length header is required"}, 411)
+            return JSONResponse({key: "a Content-Length header is required"}, 411)
         return None
 
     async def __call__(self, scope, receive, send):
@@ -149,7 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             multiprocess.mark_process_dead(os.getpid())
 
-    app = FastAPI(title="spot-artifacts", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="spot-artifacts", version=__version__, lifespan=lifespan)
     app.add_middleware(Guard, max_bytes=settings.max_body_bytes, metrics=metrics)
 
     allowed = {f.strip().upper() for f in settings.allowed_formats.split(",") if f.strip()}
@@ -206,6 +207,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 result=result,
                 count_images=lambda n: metrics.images.labels("/v2/models/{model_name}/infer").inc(n),
                 max_images=settings.max_files,
+                max_body_bytes=settings.max_body_bytes,
             )
         )
     )

@@ -3,9 +3,10 @@
 PATHs are image files or folders (searched recursively for image files). Images go to the server in
 requests of at most `--per-request` (the server's SPOT_MAX_FILES, 16 by default), several requests at a
 time so that the server batches them. `spot` prints each image's artifact score and writes
-`<image>.overlay.png` (red = likely altered); `features` prints each layer's shape and writes
-`<image>.<layer>.npy`, or with `--stack FILE.npz` one array per layer for all images plus their `names`.
-An image the server cannot read is reported with its error and the others go on (exit status 1).
+`<image file name>.overlay.png` (red = likely altered); `features` prints each layer's shape and writes
+`<image file name>.<layer>.npy`, or with `--stack FILE.npz` one array per layer for all images plus their
+`names`. Outputs go beside each image, or under --out (a folder's images under the folder's name). An image
+the server cannot take is reported with its error and the others go on (exit status 1).
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ import base64
 import json
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-PER_IMAGE_ERRORS = (400, 413)  # what one image can cause; anything else stops the run
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+OWN_OUTPUTS = ".overlay.png"  # what `spot` writes: never read back as an input
+PER_IMAGE_ERRORS = (400, 413)  # what one image can cause: that image fails, the others go on
+BUSY_RETRIES = 5  # 503 (the server's queue is full): wait its Retry-After, then again
 
 
 class ServerError(RuntimeError):
@@ -41,7 +45,7 @@ def expand(paths: list[Path]) -> list[tuple[Path, Path]]:
             found += [
                 (p, top / p.relative_to(path))
                 for p in sorted(path.rglob("*"))
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(OWN_OUTPUTS)
             ]
         else:
             found.append((path, Path(path.name)))
@@ -50,7 +54,11 @@ def expand(paths: list[Path]) -> list[tuple[Path, Path]]:
 
 def post(client: httpx.Client, command: str, params: dict, images: list[Path]) -> list[dict]:
     files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in images]
-    r = client.post(f"/{command}", params=params, files=files)
+    for attempt in range(BUSY_RETRIES + 1):
+        r = client.post(f"/{command}", params=params, files=files)
+        if r.status_code != 503 or "retry-after" not in r.headers or attempt == BUSY_RETRIES:
+            break
+        time.sleep(float(r.headers["retry-after"]))
     if r.status_code != 200:
         json_body = r.headers.get("content-type", "").startswith("application/json")
         raise ServerError(r.status_code, str(r.json().get("detail")) if json_body else r.text)
@@ -59,15 +67,18 @@ def post(client: httpx.Client, command: str, params: dict, images: list[Path]) -
 
 def results_or_errors(client: httpx.Client, command: str, params: dict, images: list[Path]) -> list[dict]:
     """One request for the chunk. When the server refuses it for one of its images (400 unreadable, 413 too
-    large) or for their number (413), each image alone: a bad file costs only itself."""
+    large) or for their number (413), each image alone: a bad file costs only itself. A chunk the server
+    could not answer (busy after retries, 504, a timeout) fails its images; the others go on."""
     try:
         return post(client, command, params, images)
     except ServerError as exc:
-        if exc.status not in PER_IMAGE_ERRORS:
-            raise
-        if len(images) == 1:
-            return [{"error": str(exc)}]
-    return [item for image in images for item in results_or_errors(client, command, params, [image])]
+        if exc.status in PER_IMAGE_ERRORS and len(images) > 1:
+            return [item for image in images for item in results_or_errors(client, command, params, [image])]
+        if exc.status in (*PER_IMAGE_ERRORS, 503, 504):
+            return [{"error": str(exc)}] * len(images)
+        raise  # 401, 415, 422...: every request would fail the same way
+    except httpx.TimeoutException as exc:
+        return [{"error": f"no answer within the timeout: {exc!r}"}] * len(images)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     if not images:
         print("error: no image files found", file=sys.stderr)
         return 2
+    targets = [(args.out / relative) if args.out else path for path, relative in images]
+    if len(set(targets)) < len(targets):
+        twice = sorted({str(t) for t in targets if targets.count(t) > 1})
+        print(f"error: several inputs would write the same outputs ({', '.join(twice)}); pass folders", file=sys.stderr)
+        return 2
     if args.command == "spot":
         params = {"heatmap": "overlay"}
     else:
@@ -105,50 +121,27 @@ def main(argv: list[str] | None = None) -> int:
             params["layers"] = args.layers
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     size = max(1, args.per_request)
-    chunks = [[p for p, _ in images[i : i + size]] for i in range(0, len(images), size)]
+    chunks = [list(range(i, min(i + size, len(images)))) for i in range(0, len(images), size)]
+    summary, stacked, names = [], {}, []
+
+    def ask(chunk: list[int]) -> list[dict]:
+        return results_or_errors(client, args.command, params, [images[i][0] for i in chunk])
+
     try:
         with (
             httpx.Client(base_url=args.url, headers=headers, timeout=args.timeout) as client,
             ThreadPoolExecutor(max(1, args.concurrency)) as pool,
         ):
-            answers = [
-                r for rs in pool.map(lambda c: results_or_errors(client, args.command, params, c), chunks) for r in rs
-            ]
+            for chunk, answers in zip(chunks, pool.map(ask, chunks)):  # in order, each written as it comes
+                for i, item in zip(chunk, answers):
+                    summary.append(write(args, images[i][0], targets[i], item, stacked, names))
     except httpx.HTTPError as exc:
         print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-
-    summary, stacked = [], {}
-    for (path, relative), item in zip(images, answers):
-        target = (args.out / relative) if args.out else path
-        if "error" in item:
-            summary.append({"image": str(path), "error": item["error"]})
-        elif args.command == "spot":
-            out = target.with_name(f"{target.stem}.overlay.png")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(base64.b64decode(item["heatmap"]["png_base64"]))
-            score = round(item["artifact_score"], 4)
-            summary.append(
-                {"image": str(path), "artifact_score": score, "tiles": item["tiling"]["tiles"], "overlay": str(out)}
-            )
-        else:
-            entry = {"image": str(path)}
-            for layer, f in item["features"].items():
-                values = np.frombuffer(base64.b64decode(f["values"]), "<f4").reshape(f["shape"])
-                entry[layer] = {"shape": f["shape"]}
-                if args.stack:
-                    stacked.setdefault(layer, []).append(values)
-                else:
-                    out = target.with_name(f"{target.stem}.{layer}.npy")
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    np.save(out, values)
-                    entry[layer]["file"] = str(out)
-            summary.append(entry)
     if args.stack:
-        names = [str(p) for (p, _), item in zip(images, answers) if "error" not in item]
         args.stack.parent.mkdir(parents=True, exist_ok=True)
         np.savez(args.stack, names=np.asarray(names), **{layer: np.stack(v) for layer, v in stacked.items()})
     print(json.dumps(summary, indent=2))
@@ -156,6 +149,32 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"error: {failed} of {len(summary)} images failed (see their 'error')", file=sys.stderr)
     return 1 if failed else 0
+
+
+def write(args, path: Path, target: Path, item: dict, stacked: dict, names: list) -> dict:
+    """One image's outputs to disk (or to the stack), and its line of the summary."""
+    if "error" in item:
+        return {"image": str(path), "error": item["error"]}
+    if args.command == "spot":
+        out = target.with_name(f"{target.name}{OWN_OUTPUTS}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(base64.b64decode(item["heatmap"]["png_base64"]))
+        return {"image": str(path), "artifact_score": round(item["artifact_score"], 4), "altered": item["altered"],
+                "tiles": item["tiling"]["tiles"], "overlay": str(out)}  # fmt: skip
+    entry = {"image": str(path)}
+    for layer, f in item["features"].items():
+        values = np.frombuffer(base64.b64decode(f["values"]), "<f4").reshape(f["shape"])
+        entry[layer] = {"shape": f["shape"]}
+        if args.stack:
+            stacked.setdefault(layer, []).append(values)
+        else:
+            out = target.with_name(f"{target.name}.{layer}.npy")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            np.save(out, values)
+            entry[layer]["file"] = str(out)
+    if args.stack:
+        names.append(str(path))
+    return entry
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ class Metrics:
             "The model served and the execution provider that actually runs it (value 1)",
             ["model", "version", "provider"],
             registry=self.registry,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
         )
         self._inference, self._queue = self.stage.labels("inference"), self.stage.labels("queue")
 

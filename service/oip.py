@@ -1,28 +1,31 @@
 """The Open Inference Protocol (KServe v2, what Triton, KServe and Seldon speak) beside /features and /spot:
 preprocessed tensors in, named outputs out, so code written for Triton (tritonclient, a KServe client) runs
-against this service unchanged, batched together with the other routes. JSON tensors and Triton's binary
-tensor extension (raw little-endian bytes after a JSON header of `Inference-Header-Content-Length` bytes);
-errors are `{"error": ...}` as the protocol has them, 400 for every bad request, as in Triton."""
+against this service, batched together with the other routes. JSON tensors and Triton's binary tensor
+extension (raw little-endian bytes after a JSON header of `Inference-Header-Content-Length` bytes), gzip or
+deflate bodies as Triton takes them; errors are `{"error": ...}` as the protocol has them: 400 for a bad
+request (as in Triton), 404 another model, 413 too large."""
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
+from . import __version__
 from .batcher import Batcher
 from .model import ExportedModel
 
-HEADER_LENGTH = "inference-header-content-length"
 INLINE_BYTES = 1 << 18  # bodies up to this size are parsed on the event loop; bigger ones on a thread
-SERVER = {"name": "spot-artifacts", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+CHARS_PER_NUMBER = 24  # the most a float32 needs in JSON ("-1.2345678901234567e-300,"), to bound a JSON tensor
+SERVER = {"name": "spot-artifacts", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
 class InputTensor(BaseModel):
@@ -69,6 +72,15 @@ INFER_BODY = {
 }
 
 
+def header_documented(
+    inference_header_content_length: str | None = Header(
+        None, description="Triton's binary tensor extension: the length of the JSON part; binary tensors follow it"
+    ),
+) -> None:
+    """Puts the binary extension's header into the OpenAPI schema (and so into the fuzzer's requests); the
+    route reads it from the request itself."""
+
+
 def bad(message: str) -> HTTPException:
     return HTTPException(400, message)
 
@@ -107,16 +119,19 @@ def parse_infer(body: bytes, header_length: str | None, model: ExportedModel, ma
     """An infer request checked against the model's one input; every mistake is a 400 that says what to send."""
     json_end = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
             raise bad(f"Inference-Header-Content-Length {header_length!r} must be a byte count within the body")
         json_end = int(header_length)
+    spec = model.meta["input"]
+    most = max_images * math.prod(spec["shape"][1:]) * CHARS_PER_NUMBER + (1 << 16)
+    if json_end > most:  # checked before parsing: a JSON tensor takes about 40 times its text in memory
+        raise HTTPException(413, f"a JSON part of {json_end} bytes is more than {max_images} images need ({most})")
     try:
         request = InferRequest.model_validate_json(body[:json_end])
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
         raise bad(f"not an inference request: {problems}") from None
-    spec = model_metadata(model)["inputs"][0]
-    expected = f"one input {spec['name']!r}, FP32, shape {spec['shape']} with 1 to {max_images} images"
+    expected = f"one input {spec['name']!r}, FP32, shape {dims(spec['shape'])} with 1 to {max_images} images"
     if len(request.inputs) != 1 or request.inputs[0].name != spec["name"]:
         raise bad(f"inputs {[t.name for t in request.inputs]}: the model takes {expected}")
     tensor = request.inputs[0]
@@ -190,6 +205,25 @@ def infer_response(model: ExportedModel, results: dict[str, np.ndarray], request
     )
 
 
+def decompressed(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip or deflate body (tritonclient's request_compression_algorithm), at most `limit` bytes once
+    inflated (the body limit holds for what is inside, too)."""
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise HTTPException(415, f"Content-Encoding {encoding} is not supported; send gzip, deflate or identity")
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise bad(f"the body is not valid {encoding}: {exc}") from None
+    if len(out) > limit:
+        raise HTTPException(413, f"the body inflates to more than the limit of {limit} bytes")
+    if not inflater.eof:
+        raise bad(f"the {encoding} body is truncated")
+    return out
+
+
 @dataclass
 class Hooks:
     """What the OIP routes borrow from the app: the same model, auth, batcher and limits as /features."""
@@ -201,6 +235,7 @@ class Hooks:
     result: Callable  # awaits a future, or HTTPException 504
     count_images: Callable[[int], None]
     max_images: int
+    max_body_bytes: int
 
 
 def router(hooks: Hooks) -> APIRouter:
@@ -233,34 +268,41 @@ def router(hooks: Hooks) -> APIRouter:
             return Response(status_code=400)
         return Response(status_code=200)
 
-    @routes.get("/models/{model_name}")
-    @routes.get("/models/{model_name}/versions/{model_version}")
-    async def metadata(model_name: str, model_version: str | None = None):
+    def both(method: str, suffix: str, handler, summary: str, **options) -> None:
+        """`handler(request, name, version)` at /models/{name}<suffix> and /models/{name}/versions/{v}<suffix>
+        (two functions, so that neither path documents a parameter it does not have)."""
+
+        async def latest(request: Request, model_name: str):
+            return await handler(request, model_name, None)
+
+        async def versioned(request: Request, model_name: str, model_version: str):
+            return await handler(request, model_name, model_version)
+
+        routes.add_api_route(f"/models/{{model_name}}{suffix}", latest, methods=[method], summary=summary, **options)
+        path = f"/models/{{model_name}}/versions/{{model_version}}{suffix}"
+        routes.add_api_route(path, versioned, methods=[method], summary=f"{summary}, one version", **options)
+
+    async def metadata(request: Request, model_name: str, model_version: str | None):
         try:
             return model_metadata(served(model_name, model_version))
         except HTTPException as exc:
             return as_error(exc)
 
-    @routes.get("/models/{model_name}/ready")
-    @routes.get("/models/{model_name}/versions/{model_version}/ready")
-    async def model_ready(model_name: str, model_version: str | None = None):
+    async def readiness(request: Request, model_name: str, model_version: str | None):
         try:
             served(model_name, model_version)
         except HTTPException as exc:
             return as_error(exc) if exc.status_code == 404 else Response(status_code=400)
         return Response(status_code=200)
 
-    @routes.post("/models/{model_name}/infer", openapi_extra=INFER_BODY)
-    @routes.post("/models/{model_name}/versions/{model_version}/infer", openapi_extra=INFER_BODY)
-    async def infer(request: Request, model_name: str, model_version: str | None = None):
+    async def infer(request: Request, model_name: str, model_version: str | None):
         try:
             hooks.check_auth(request)
             model = served(model_name, model_version)
-            if request.headers.get("content-encoding", "identity") != "identity":
-                raise HTTPException(415, f"Content-Encoding {request.headers['content-encoding']} is not supported")
             with hooks.batcher().arriving_request():  # the batcher may wait for this one
-                body = await request.body()
-                header_length = request.headers.get(HEADER_LENGTH)
+                encoding = request.headers.get("content-encoding", "identity").strip().lower()
+                body = decompressed(await request.body(), encoding, hooks.max_body_bytes)
+                header_length = request.headers.get("inference-header-content-length")
 
                 def parse() -> Infer:
                     return parse_infer(body, header_length, model, hooks.max_images)
@@ -272,5 +314,9 @@ def router(hooks: Hooks) -> APIRouter:
             return infer_response(model, results, parsed)
         except HTTPException as exc:
             return as_error(exc)
+
+    both("GET", "", metadata, "Model metadata")
+    both("GET", "/ready", readiness, "Model ready: 200, else 400")
+    both("POST", "/infer", infer, "Inference", openapi_extra=INFER_BODY, dependencies=[Depends(header_documented)])
 
     return routes

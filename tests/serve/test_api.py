@@ -98,7 +98,6 @@ def test_spot_untiled_and_tiled_heatmaps_at_image_size(client, model_dir):
     assert big_r["tiling"]["tiles"] > 100 and np.asarray(big_r["heatmap"]["values"]).shape == (427, 640)
     for item in (small_r, big_r):
         assert 0.0 <= item["artifact_score"] <= 1.0
-        assert item["altered"] is (item["artifact_score"] > r.json()["threshold"])
     # the score is the mean tile probability from ONNX Runtime run directly
     model = ExportedModel(model_dir, "cpu")
     t, _, _ = tiles(decode(big, "x", 10**8, {"JPEG"}), model.size)
@@ -240,6 +239,8 @@ def test_an_oversized_body_is_refused_before_it_is_read(model_dir):
     try:
         r = httpx.post(f"{s.url}/features", files=[("files", ("a.png", b"x" * 20000, "image/png"))])
         assert r.status_code == 413 and "exceeds the limit of 4096" in r.json()["detail"]
+        r = httpx.post(f"{s.url}/v2/models/spot-tiny/infer", content=b"x" * 20000)
+        assert r.status_code == 413 and "exceeds the limit of 4096" in r.json()["error"]  # the protocol's key
         assert httpx.get(f"{s.url}/readyz").status_code == 200
     finally:
         s.stop()
@@ -313,7 +314,7 @@ def test_concurrent_requests_are_batched_and_counted(model_dir):
 
 
 def test_metrics_show_the_images_waiting_and_which_model_and_provider_serve(model_dir):
-    """A first request waits a second for company (delay not adaptive): meanwhile it is pending."""
+    """A first request waits 5 s for company (delay not adaptive): meanwhile its images are pending."""
     import time
     from concurrent.futures import ThreadPoolExecutor
 
@@ -321,20 +322,42 @@ def test_metrics_show_the_images_waiting_and_which_model_and_provider_serve(mode
 
     from bench.server import Server
 
-    s = Server(model_dir, max_batch_delay_ms="1000", adaptive_batch_delay="false")
+    s = Server(model_dir, max_batch_delay_ms="5000", adaptive_batch_delay="false")
     files = [("files", ("a.png", png_bytes(Image.new("RGB", (64, 64), (10, 200, 30))), "image/png"))] * 3
     try:
         with httpx.Client(base_url=s.url, timeout=30) as c, ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(c.post, "/features", files=files)
-            time.sleep(0.4)
-            during = c.get("/metrics").text
+            deadline = time.perf_counter() + 4
+            while "spot_pending_images 3.0" not in c.get("/metrics").text:  # it waits 5 s for company
+                assert time.perf_counter() < deadline and not waiting.done(), "never seen waiting"
+                time.sleep(0.05)
             assert waiting.result().status_code == 200
             after = c.get("/metrics").text
-        assert "spot_pending_images 3.0" in during and "spot_pending_images 0.0" in after
+        assert "spot_pending_images 0.0" in after
         info = 'spot_model_info{model="spot-tiny",provider="CPUExecutionProvider",version="1"} 1.0'
         assert info in after
     finally:
         s.stop()
+
+
+def test_altered_is_the_score_against_the_threshold_in_force(model_dir):
+    """The same image under a threshold below and above its score: altered flips, the score does not."""
+    import httpx
+
+    from bench.server import Server
+
+    files = [("files", ("c.jpg", PHOTO.read_bytes(), "image/jpeg"))]
+    seen = {}
+    for threshold in ("0.000001", "0.999999"):
+        s = Server(model_dir, threshold=threshold)
+        try:
+            body = httpx.post(f"{s.url}/spot", params={"heatmap": "none"}, files=files, timeout=60).json()
+            seen[threshold] = (body["threshold"], body["results"][0]["artifact_score"], body["results"][0]["altered"])
+        finally:
+            s.stop()
+    (low, score, altered_low), (high, score_again, altered_high) = seen["0.000001"], seen["0.999999"]
+    assert low < score < high and score == score_again
+    assert altered_low is True and altered_high is False
 
 
 def test_a_lone_request_waits_out_the_batch_delay_only_when_the_delay_is_not_adaptive(model_dir):
@@ -383,7 +406,7 @@ def test_command_line_client_writes_overlays_and_features(server, tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert 0 <= report[0]["artifact_score"] <= 1
-    assert Image.open(out / "china.overlay.png").size == (640, 427)
+    assert Image.open(out / "china.jpg.overlay.png").size == (640, 427)
     r = subprocess.run(
         [*base, "features", str(image), "--url", server.url, "--out", str(out), "--layers", "conv4,conv5"],
         cwd=REPO,
@@ -392,7 +415,7 @@ def test_command_line_client_writes_overlays_and_features(server, tmp_path):
         timeout=60,
     )
     assert r.returncode == 0, r.stderr
-    assert np.load(out / "china.conv5.npy").shape == (32,)
+    assert np.load(out / "china.jpg.conv5.npy").shape == (32,)
     r = subprocess.run(
         [*base, "spot", str(tmp_path / "missing.jpg"), "--url", server.url],
         cwd=REPO,
@@ -443,8 +466,16 @@ def test_command_line_client_takes_folders_in_chunks_and_a_bad_file_costs_only_i
     r = client("spot", "--out", str(tmp_path / "out"))  # 21 images: two requests of at most 16
     assert r.returncode == 1
     for folder in ("a", "b"):  # the same name in both folders: two overlays, none overwritten
-        assert Image.open(tmp_path / "out" / folder / photos[0].with_suffix(".overlay.png").name).size == (96, 96)
+        assert Image.open(tmp_path / "out" / folder / f"{photos[0].name}.overlay.png").size == (96, 96)
     assert sum(1 for _ in (tmp_path / "out").rglob("*.overlay.png")) == 20
+    for _ in range(2):  # beside the images, twice: the overlays written the first time are not inputs
+        r = client("spot")
+        assert r.returncode == 1 and len(json.loads(r.stdout)) == 21
+    assert not list(tmp_path.rglob("*.overlay.overlay.png"))
+    same_name = [str(tmp_path / "a" / photos[0].name), str(tmp_path / "b" / photos[0].name)]
+    r = subprocess.run([*base, "spot", *same_name, "--out", str(tmp_path / "o2"), "--url", server.url],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and "would write the same outputs" in r.stderr
 
 
 def _bits(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -566,7 +597,6 @@ def test_overload_is_a_quick_503_with_retry_after_and_visible_in_metrics(model_d
             assert 'spot_requests_total{route="/features",status="503"}' in c.get("/metrics").text
             r = c.post("/spot", files=[("files", ("a.png", data, "image/png"))])
             assert r.status_code == 200 and r.json()["threshold"] == 0.9  # SPOT_THRESHOLD overrides the model's
-            assert r.json()["results"][0]["altered"] is (r.json()["results"][0]["artifact_score"] > 0.9)
     finally:
         s.stop()
 

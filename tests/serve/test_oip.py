@@ -1,8 +1,10 @@
 """The Open Inference Protocol (KServe v2) routes against a real uvicorn process, driven by Triton's own
 client (tritonclient.http): the protocol as Triton users' code speaks it, JSON and binary tensors."""
 
+import gzip
 import json
 import struct
+import zlib
 
 import httpx
 import numpy as np
@@ -62,7 +64,10 @@ def test_infer_equals_onnx_runtime_on_the_same_tensors(triton_client, model_dir,
     images.set_data_from_numpy(batch, binary_data=binary)
     outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in names]
     before = client.get("/metrics").text
-    result = triton_client.infer("spot-tiny", [images], outputs=outputs, request_id="req-7", model_version="1")
+    result = triton_client.infer(  # the binary request also compressed, as tritonclient can send it
+        "spot-tiny", [images], outputs=outputs, request_id="req-7", model_version="1",
+        request_compression_algorithm="gzip" if binary else None,
+    )  # fmt: skip
     response = result.get_response()
     assert response["id"] == "req-7" and response["model_name"] == "spot-tiny"
     assert response["parameters"]["execution_provider"] == "CPUExecutionProvider"
@@ -88,10 +93,15 @@ def test_no_outputs_named_means_all_of_them_in_binary(triton_client, model_dir):
     assert result.as_numpy("conv1").shape == (1, *meta["outputs"][0]["shape"][1:])
 
 
-def raw(header: dict, tail: bytes = b"", length: str | None = None) -> dict:
+def raw(header: dict, tail: bytes = b"", length: str | bytes | None = None) -> dict:
     """httpx keyword arguments for a body of JSON `header` then `tail` (Triton's binary extension)."""
     head = json.dumps(header).encode()
     return {"content": head + tail, "headers": {"Inference-Header-Content-Length": length or str(len(head))}}
+
+
+def compressed(body: bytes, encoding: str) -> dict:
+    data = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+    return {"content": data, "headers": {"Content-Encoding": encoding}}
 
 
 def tensor(shape, datatype="FP32", name="images", **fields) -> dict:
@@ -136,7 +146,15 @@ BAD_REQUESTS = [
     ("classification", {"json": {"inputs": [tensor([1, 3, 32, 32], data=ZEROS)],
                                  "outputs": [{"name": "conv1", "parameters": {"classification": 3}}]}},
      400, "not supported"),
-    ("gzip body", {"json": {"inputs": []}, "headers": {"Content-Encoding": "gzip"}}, 415, "gzip"),
+    ("superscript digits as the length", raw({"inputs": []}, length=b"\xb9\xb2"), 400, "within the body"),
+    ("a JSON tensor larger than 16 images", {"json": {"inputs": [tensor([16, 3, 32, 32], data=[1.5] * 400_000)]}},
+     413, "more than 16 images need"),
+    ("brotli body", {"json": {"inputs": []}, "headers": {"Content-Encoding": "br"}}, 415, "gzip, deflate"),
+    ("broken gzip", {"content": b"\x1f\x8b not gzip", "headers": {"Content-Encoding": "gzip"}}, 400, "not valid gzip"),
+    ("truncated deflate", {"content": zlib.compress(b'{"inputs": []}')[:-6], "headers": {"Content-Encoding": "deflate"}},
+     400, "truncated"),
+    ("a gzip bomb", compressed(b" " * 40_000_000, "gzip"), 413, "inflates to more than"),
+    ("deflate, inside a bad request", compressed(b'{"inputs": []}', "deflate"), 400, "inputs"),
 ]
 # fmt: on
 
@@ -160,13 +178,13 @@ def test_unknown_model_or_version_is_404_everywhere(client):
 
 
 def test_infer_requests_share_onnx_runtime_runs_with_features_requests(model_dir):
-    """The batcher waits up to a second for a second image (delay not adaptive): an infer request and a
-    /features request sent together run as one batch of two."""
+    """The batcher waits up to 5 s for a second image (delay not adaptive; a batch of 2 runs as soon as it is
+    full): an infer request and a /features request sent together run as one batch of two."""
     from concurrent.futures import ThreadPoolExecutor
 
     from bench.server import Server
 
-    s = Server(model_dir, max_batch_delay_ms="1000", adaptive_batch_delay="false", max_batch_size="2")
+    s = Server(model_dir, max_batch_delay_ms="5000", adaptive_batch_delay="false", max_batch_size="2")
     body = {"inputs": [tensor([1, 3, 32, 32], data=ZEROS)], "outputs": [{"name": "conv5"}]}
     photo = [("files", ("china.jpg", PHOTOS[0].read_bytes(), "image/jpeg"))]
     try:
