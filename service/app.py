@@ -14,6 +14,7 @@ import orjson
 from PIL import Image
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
@@ -152,6 +153,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="spot-artifacts", version=__version__, lifespan=lifespan)
     app.add_middleware(Guard, max_bytes=settings.max_body_bytes, metrics=metrics)
+    if origins := [o.strip() for o in settings.cors_origins.split(",") if o.strip()]:
+        # Outermost (added last), so that refusals such as the Guard's 413 carry the headers too and a
+        # browser shows the page the error instead of a CORS failure. TorchServe's cors_allowed_origin.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Content-Encoding", "Inference-Header-Content-Length"],
+            expose_headers=["Inference-Header-Content-Length", "Retry-After"],
+        )
 
     allowed = {f.strip().upper() for f in settings.allowed_formats.split(",") if f.strip()}
 

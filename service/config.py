@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     threshold: float = 0.0  # /spot: artifact_score above it = altered; 0 = the model's own (model.json, else 0.5)
     access_log: bool = True  # uvicorn's one line per request (benchmarks turn it off)
     api_key: str = ""  # when set, requests need "Authorization: Bearer <key>"
+    cors_origins: str = ""  # comma-separated origins whose web pages may call the API ("*" = any); empty = none
 
 
 def usable_cores() -> int:

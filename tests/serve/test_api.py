@@ -268,6 +268,29 @@ def test_api_key_guards_inference(model_dir):
         s.stop()
 
 
+def test_cors_lets_the_listed_origins_call_the_api_and_only_them(model_dir, client):
+    import httpx
+
+    from bench.server import Server
+
+    files = [("files", ("a.png", png_bytes(Image.new("RGB", (40, 40))), "image/png"))]
+    app, evil = {"Origin": "https://app.example"}, {"Origin": "https://evil.example"}
+    assert "access-control-allow-origin" not in client.post("/spot", files=files, headers=app).headers  # default: none
+    s = Server(model_dir, cors_origins="https://app.example, https://other.example", max_body_bytes="4096")
+    try:
+        ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+        preflight = httpx.options(f"{s.url}/spot", headers={**app, **ask})
+        assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == app["Origin"]
+        assert httpx.options(f"{s.url}/spot", headers={**evil, **ask}).status_code == 400
+        r = httpx.post(f"{s.url}/spot", files=files, headers=app)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == app["Origin"]
+        refused = httpx.post(f"{s.url}/features", content=b"x" * 20000, headers=app)  # the Guard's 413, readable
+        assert refused.status_code == 413 and refused.headers["access-control-allow-origin"] == app["Origin"]
+        assert "access-control-allow-origin" not in httpx.post(f"{s.url}/spot", files=files, headers=evil).headers
+    finally:
+        s.stop()
+
+
 def test_openapi_documents_the_multipart_and_json_forms(client):
     spec = client.get("/openapi.json").json()
     for route in ("/features", "/spot"):
