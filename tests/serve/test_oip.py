@@ -147,7 +147,7 @@ BAD_REQUESTS = [
                                  "outputs": [{"name": "conv1", "parameters": {"classification": 3}}]}},
      400, "not supported"),
     ("superscript digits as the length", raw({"inputs": []}, length=b"\xb9\xb2"), 400, "within the body"),
-    ("a JSON tensor larger than 16 images", {"json": {"inputs": [tensor([16, 3, 32, 32], data=[1.5] * 400_000)]}},
+    ("a JSON tensor larger than 16 images", {"json": {"inputs": [tensor([16, 3, 32, 32], data=[1.5] * 600_000)]}},
      413, "more than 16 images need"),
     ("brotli body", {"json": {"inputs": []}, "headers": {"Content-Encoding": "br"}}, 415, "gzip, deflate"),
     ("broken gzip", {"content": b"\x1f\x8b not gzip", "headers": {"Content-Encoding": "gzip"}}, 400, "not valid gzip"),
