@@ -196,3 +196,21 @@ def test_infer_requests_share_onnx_runtime_runs_with_features_requests(model_dir
         assert "spot_batch_size_count 1.0" in runs and "spot_batch_size_sum 2.0" in runs
     finally:
         s.stop()
+
+
+def test_the_most_images_as_json_numbers_in_full_precision_are_taken():
+    """SPOT_MAX_FILES images of the longest float32 text (negative, full repr, with json.dumps' ", ": 25
+    characters a number) stay under the JSON bound, on the shipped 64 px model (24 a number refused them)."""
+    from bench.server import Server
+
+    from ..conftest import REPO
+
+    values = np.full((16, 3, 64, 64), -1.2345678e-05, np.float32)
+    body = json.dumps({"inputs": [tensor(list(values.shape), data=values.ravel().tolist())]})
+    s = Server(REPO / "models" / "spot-tiny64")
+    try:
+        r = httpx.post(f"{s.url}/v2/models/spot-tiny64/infer", content=body, timeout=60)
+        assert r.status_code == 200, r.text[:300]
+        assert {o["name"]: o["shape"] for o in r.json()["outputs"]}["real_logit"] == [16]
+    finally:
+        s.stop()
