@@ -23,6 +23,7 @@ from .config import Config
 from .data import ImageArrayDataset, load_images, eval_transform
 from .networks import IMAGENET_MEAN_255, Discriminator, to_disc_input
 from .pooling import probe_grid
+from .probe import probe_tables
 
 log = logging.getLogger(__name__)
 logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # its per-initializer INFO lines drown the report
@@ -156,12 +157,12 @@ def best_probe_layer(metrics: dict, train_data: str) -> tuple[str, str]:
     """The layer `/features` returns when none is asked for (DESIGN.md: the best probe layer): the highest
     top-1 of the linear probe on the training data's own dataset (else the first probe table measured);
     the last layer when no probe was measured. Returns the layer and why."""
-    tables = sorted({k.split("/")[1] for k in metrics if k.startswith("probe_top1/")})
+    tables = probe_tables(metrics)
     if not tables:
         return LAYERS[-1], "the last layer (no linear probe measured)"
     dataset = train_data.split(":")[0]
-    table = next((t for t in tables if t.split(":")[0] == dataset), tables[0])
-    best = max(LAYERS, key=lambda layer: metrics.get(f"probe_top1/{table}/{layer}", float("-inf")))
+    table = next((t for t in sorted(tables) if t.split(":")[0] == dataset), sorted(tables)[0])
+    best = max(LAYERS, key=lambda layer: tables[table].get(layer, float("-inf")))
     return best, f"the best top-1 of the {table} linear probe"
 
 

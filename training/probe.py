@@ -168,6 +168,16 @@ def probe_summary(result: dict) -> dict:
     return {f"probe_top1/{result['test']}/{layer}": round(v, 4) for layer, v in result["top1"].items()}
 
 
+def probe_tables(metrics: dict) -> dict[str, dict[str, float]]:
+    """probe_summary read back from a model card's flat metrics: {test set: {layer: top-1}}."""
+    tables: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.startswith("probe_top1/"):
+            _, test, layer = key.rsplit("/", 2)
+            tables.setdefault(test, {})[layer] = value
+    return tables
+
+
 def gap_closed(ours: dict, random: dict, supervised: dict) -> dict:
     """(ours - random) / (supervised - random) per layer, and the mean over conv2..conv5."""
     fractions = {n: (ours[n] - random[n]) / (supervised[n] - random[n]) for n in LAYERS if supervised[n] != random[n]}

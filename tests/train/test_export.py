@@ -14,7 +14,7 @@ import torch
 
 from service.model import file_sha256
 from training.export import OUTPUTS, SpotExport, best_probe_layer, load_discriminator, real_batch
-from training.probe import probe_summary
+from training.probe import probe_summary, probe_tables
 
 from ..conftest import REPO, perturbed_copy, run_cli
 
@@ -133,6 +133,9 @@ def test_probe_of_the_onnx_export_equals_the_probe_of_its_checkpoint(exported):
     for layer, acc in torch_run["top1"].items():
         assert abs(onnx_run["top1"][layer] - acc) <= 0.002  # features equal within 1e-4: at most 2 of 1,000 flip
     assert probe_summary(onnx_run) == {f"probe_top1/cifar10:test/{k}": round(v, 4) for k, v in onnx_run["top1"].items()}
+    assert probe_tables(probe_summary(onnx_run)) == {
+        "cifar10:test": {k: round(v, 4) for k, v in onnx_run["top1"].items()}
+    }
 
 
 def test_probe_rejects_unknown_layers(exported):
