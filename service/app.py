@@ -83,7 +83,8 @@ class Guard:
 
     def refusal(self, scope) -> Response | None:
         length = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
-        key = "error" if scope["path"].startswith("/v2/") else "detail"  # the Open Inference Protocol's error key
+        # the Open Inference Protocol's error key on its routes, FastAPI's elsewhere
+        key = "error" if scope["path"].startswith(f"{oip.PREFIX}/") else "detail"
         if length.isdigit() and int(length) > self.max_bytes:
             return JSONResponse({key: f"body of {length} bytes exceeds the limit of {self.max_bytes}"}, 413)
         if scope["method"] == "POST" and not length:
@@ -216,7 +217,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 check_auth=check_auth,
                 submit=submit,
                 result=result,
-                count_images=lambda n: metrics.images.labels("/v2/models/{model_name}/infer").inc(n),
+                count_images=lambda n: metrics.images.labels(oip.INFER_ROUTE).inc(n),
                 max_images=settings.max_files,
                 max_body_bytes=settings.max_body_bytes,
             )

@@ -23,6 +23,8 @@ from . import __version__
 from .batcher import Batcher
 from .model import ExportedModel
 
+PREFIX = "/v2"  # every route of the protocol
+INFER_ROUTE = f"{PREFIX}/models/{{model_name}}/infer"  # the label its images are counted under
 INLINE_BYTES = 1 << 18  # bodies up to this size are parsed on the event loop; bigger ones on a thread
 # Room per number for a JSON tensor ("-1.2345678806304932e-05, " is 25 characters, brackets come on top): bounds
 # its text before it is parsed, which takes about 40 times the text in memory.
@@ -241,7 +243,7 @@ class Hooks:
 
 
 def router(hooks: Hooks) -> APIRouter:
-    routes = APIRouter(prefix="/v2", tags=["open inference protocol (KServe v2)"])
+    routes = APIRouter(prefix=PREFIX, tags=["open inference protocol (KServe v2)"])
 
     def as_error(exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
