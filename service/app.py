@@ -16,6 +16,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from . import __version__, oip, spot
@@ -152,7 +153,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             multiprocess.mark_process_dead(os.getpid())
 
-    app = FastAPI(title="spot-artifacts", version=__version__, lifespan=lifespan)
+    # /docs and /redoc from files installed with the package, not a CDN: they work on an air-gapped host
+    app = FastAPIOffline(title="spot-artifacts", version=__version__, lifespan=lifespan)
     app.add_middleware(Guard, max_bytes=settings.max_body_bytes, metrics=metrics)
     if origins := [o.strip() for o in settings.cors_origins.split(",") if o.strip()]:
         # Outermost (added last), so that refusals such as the Guard's 413 carry the headers too and a
