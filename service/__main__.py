@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
+import logging.config
 import os
 import signal
 import tempfile
@@ -16,6 +16,7 @@ from uvicorn.supervisors import Multiprocess
 
 from .app import create_app
 from .config import Settings, resolve_workers
+from .logs import logging_config
 
 
 class Server(uvicorn.Server):
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         "--workers", type=int, help="server processes (default: SPOT_WORKERS, else one per core on a CPU, 1 on a GPU)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.config.dictConfig(logging_config())
     if args.model_dir:  # through the environment, so that worker processes read the same settings
         os.environ["SPOT_MODEL_DIR"] = str(args.model_dir)
     if args.workers:
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=30,
         h11_max_incomplete_event_size=65536,
         access_log=settings.access_log,
+        log_config=logging_config(),
     )
     if workers > 1:
         serve_workers(workers, options)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
 from PIL import Image
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -19,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-from . import __version__, oip, spot
+from . import __version__, logs, oip, spot
 from .batcher import Batcher, QueueFull
 from .config import Settings, get_settings, usable_cores
 from .features import encode, normalize, pool
@@ -156,6 +157,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # /docs and /redoc from files installed with the package, not a CDN: they work on an air-gapped host
     app = FastAPIOffline(title="spot-artifacts", version=__version__, lifespan=lifespan)
     app.add_middleware(Guard, max_bytes=settings.max_body_bytes, metrics=metrics)
+    # outside the Guard, so that its refusals carry the request's ID too
+    app.add_middleware(CorrelationIdMiddleware, header_name=logs.HEADER, validator=logs.plain_request_id)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        """A bug's 500 is answered outside every middleware (Starlette's ServerErrorMiddleware), so it names
+        the request ID itself: the one line in the log (with its traceback) that explains it."""
+        rid = correlation_id.get() or "-"
+        return JSONResponse({"detail": f"internal error (request {rid})"}, 500, headers={logs.HEADER: rid})
+
     if origins := [o.strip() for o in settings.cors_origins.split(",") if o.strip()]:
         # Outermost (added last), so that refusals such as the Guard's 413 carry the headers too and a
         # browser shows the page the error instead of a CORS failure. TorchServe's cors_allowed_origin.
@@ -163,8 +174,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Content-Encoding", "Inference-Header-Content-Length"],
-            expose_headers=["Inference-Header-Content-Length", "Retry-After"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Content-Encoding",
+                "Inference-Header-Content-Length",
+                logs.HEADER,
+            ],
+            expose_headers=["Inference-Header-Content-Length", "Retry-After", logs.HEADER],
         )
 
     allowed = {f.strip().upper() for f in settings.allowed_formats.split(",") if f.strip()}
