@@ -61,7 +61,9 @@ def post(client: httpx.Client, command: str, params: dict, images: list[Path]) -
         time.sleep(float(r.headers["retry-after"]))
     if r.status_code != 200:
         json_body = r.headers.get("content-type", "").startswith("application/json")
-        raise ServerError(r.status_code, str(r.json().get("detail")) if json_body else r.text)
+        detail = str(r.json().get("detail")) if json_body else r.text
+        # the ID the server's log names this request by: what to quote when reporting the failure
+        raise ServerError(r.status_code, f"{detail} (request {r.headers.get('x-request-id', '-')})")
     return r.json()["results"]
 
 

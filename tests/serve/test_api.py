@@ -4,6 +4,7 @@ import base64
 import io
 import json
 import os
+import re
 import zlib
 
 import numpy as np
@@ -478,6 +479,8 @@ def test_command_line_client_takes_folders_in_chunks_and_a_bad_file_costs_only_i
     report = json.loads(r.stdout)
     (failed,) = [x for x in report if "error" in x]
     assert failed["image"] == str(tmp_path / "b" / "broken.jpg") and failed["error"].startswith("400")
+    request_id = re.search(r"\(request ([0-9a-f]{32})\)$", failed["error"]).group(1)  # as the server's log names it
+    assert f"[{request_id}]" in server.output()
     stacked = np.load(tmp_path / "f.npz")
     assert list(stacked["names"]) == [x["image"] for x in report if "error" not in x]
     assert stacked["conv5"].shape == (20, 32)

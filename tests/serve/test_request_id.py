@@ -37,7 +37,7 @@ def test_ids_are_echoed_or_made_and_the_log_names_them(model_dir):
             bad = c.post("/features?pool=median", files={"files": ("a.jpg", jpeg())}, headers={"X-Request-ID": "q-2"})
             assert bad.status_code == 422 and bad.headers["x-request-id"] == "q-2"
     finally:
-        server.stop()  # flushes the log
+        server.stop()
     log = server.output()
     assert re.search(r'"POST /spot HTTP/1.1" 200 OK \[client-42\]', log), log[-2000:]
     assert re.search(r'"POST /features HTTP/1.1" 413 Request Entity Too Large \[too-big-1\]', log), log[-2000:]
