@@ -44,5 +44,7 @@ def logging_config() -> dict:
             "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
             "uvicorn.error": {"level": "INFO"},
             "uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+            # not a warning per request whose ID was replaced: a client sending odd IDs would flood the log
+            "asgi_correlation_id": {"level": "ERROR"},
         },
     }
