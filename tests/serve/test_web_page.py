@@ -4,6 +4,7 @@ at /docs and /redoc render too. The browser resolves no host but 127.0.0.1: ever
 
 import base64
 import os
+import re
 import shutil
 
 import pytest
@@ -69,6 +70,8 @@ def test_bad_file_shows_the_servers_error(browser, server, tmp_path):
     browser.get(f"{server.url}/")
     browser.find_element(By.ID, "file").send_keys(str(text))
     WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "score").text.startswith("Error:"))
+    # the server's message, and the request ID its log names the request by
+    assert re.fullmatch(r"Error: .*notes\.png.* \(request [0-9a-f]{32}\)", browser.find_element(By.ID, "score").text)
     assert not browser.find_element(By.ID, "overlay").is_displayed()
 
 
