@@ -1,10 +1,12 @@
 """The shipped model folder: loadable by ONNX Runtime alone, self-consistent, and the service's default."""
 
 import json
+import re
 import subprocess
 import sys
 
 import httpx
+import numpy as np
 import onnx
 
 from ..conftest import REPO
@@ -76,3 +78,25 @@ def test_raw_photographs_are_not_flagged_as_altered(data_root):
     assert len(body["results"]) == len(photos) >= 2
     for item in body["results"]:
         assert item["artifact_score"] < body["threshold"], item["name"]
+
+
+def test_the_readme_snippet_gives_the_services_features(data_root, monkeypatch):
+    """README's "Without the server" block, run as written (on two real photos, one of them not square), gives
+    what /features returns for them: the documented preprocessing is the service's."""
+    readme = (REPO / "README.md").read_text()
+    code = re.search(r"\*\*Without the server\.\*\*.*?```python\n(.*?)```", readme, re.S).group(1)
+    photos = [data_root / "photos" / "sklearn" / "china.jpg", data_root / "photos" / "sklearn" / "flower.jpg"]
+    assert '["photo.jpg", "other.jpg"]' in code
+    code = code.replace('["photo.jpg", "other.jpg"]', repr([str(p) for p in photos]))
+    monkeypatch.chdir(REPO)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    s = Server(model_dir=SHIPPED)
+    try:
+        files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
+        body = httpx.post(f"{s.url}/features", files=files, params={"layers": "conv3", "pool": "avg"}).json()
+    finally:
+        s.stop()
+    served = np.array([r["features"]["conv3"]["values"] for r in body["results"]], np.float32)
+    assert namespace["features"].shape == served.shape == (2, 192)
+    np.testing.assert_allclose(namespace["features"], served, rtol=1e-5, atol=1e-6)
