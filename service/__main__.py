@@ -1,5 +1,5 @@
-"""`python -m service [--host H] [--port P] [--model-dir D] [--workers N]`: uvicorn on the shipped model by
-default."""
+"""`python -m service [--host H] [--port P] [--model-dir D] [--workers N] [--grpc-port G]`: uvicorn on the
+shipped model by default."""
 
 from __future__ import annotations
 
@@ -40,12 +40,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--workers", type=int, help="server processes (default: SPOT_WORKERS, else one per core on a CPU, 1 on a GPU)"
     )
+    parser.add_argument(
+        "--grpc-port", type=int, help="also the Open Inference Protocol over gRPC on this port (SPOT_GRPC_PORT; off)"
+    )
     args = parser.parse_args(argv)
     logging.config.dictConfig(logging_config())
     if args.model_dir:  # through the environment, so that worker processes read the same settings
         os.environ["SPOT_MODEL_DIR"] = str(args.model_dir)
     if args.workers:
         os.environ["SPOT_WORKERS"] = str(args.workers)
+    if args.grpc_port:
+        os.environ["SPOT_GRPC_PORT"] = str(args.grpc_port)
+    os.environ.setdefault("SPOT_GRPC_HOST", args.host)  # gRPC (SPOT_GRPC_PORT) listens where HTTP does
     settings = Settings()
     workers = resolve_workers(settings)
     os.environ["SPOT_WORKERS"] = str(workers)  # what each worker's app shares its cores out by

@@ -116,7 +116,7 @@ class Guard:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     Image.MAX_IMAGE_PIXELS = None  # the service checks SPOT_MAX_PIXELS itself, with a clear message
-    state: dict = {"model": None, "error": None, "batcher": None}
+    state: dict = {"model": None, "error": None, "batcher": None, "grpc": None}
     metrics = Metrics()
 
     @asynccontextmanager
@@ -148,7 +148,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except ModelError as exc:
             state["error"] = str(exc)
             log.error("model not loaded: %s", exc)
+        if settings.grpc_port:  # up even without a model, to answer "not ready" as HTTP does
+            from . import oip_grpc  # grpcio and its stubs are loaded only when asked for
+
+            count = metrics.images.labels(f"{oip_grpc.SERVICE}/ModelInfer").inc
+            servicer = oip_grpc.Servicer(hooks, authorized, observe_grpc, count)
+            state["grpc"] = await oip_grpc.start(
+                servicer, settings.grpc_host, settings.grpc_port, settings.max_body_bytes
+            )
+            log.info("Open Inference Protocol over gRPC on %s:%d", settings.grpc_host, settings.grpc_port)
         yield
+        if state["grpc"]:
+            await state["grpc"].stop(grace=5)  # answers the calls in flight (compose stops after 10 s)
         if state["batcher"]:
             await state["batcher"].stop()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -191,9 +202,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(503, f"model not loaded: {state['error']}")
         return state["model"]
 
+    def authorized(header: str | None) -> bool:
+        return not settings.api_key or header == f"Bearer {settings.api_key}"
+
     def check_auth(request: Request) -> None:
-        if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
+        if not authorized(request.headers.get("authorization")):
             raise HTTPException(401, "missing or wrong API key (Authorization: Bearer <key>)")
+
+    def observe_grpc(method: str, code: str, seconds: float) -> None:
+        """gRPC calls in the same request metrics as HTTP routes, their status the gRPC code's name."""
+        metrics.requests.labels(method, code).inc()
+        metrics.latency.labels(method).observe(seconds)
 
     def submit(batch: np.ndarray, names: list[str]) -> asyncio.Future:
         """The job queued for the batcher, or a quick 503 when it is full."""
@@ -228,20 +247,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.stage.labels(stage).observe(time.perf_counter() - started)
         return result
 
-    app.include_router(
-        oip.router(
-            oip.Hooks(
-                model=ready_model,
-                batcher=lambda: state["batcher"],
-                check_auth=check_auth,
-                submit=submit,
-                result=result,
-                count_images=lambda n: metrics.images.labels(oip.INFER_ROUTE).inc(n),
-                max_images=settings.max_files,
-                max_body_bytes=settings.max_body_bytes,
-            )
-        )
+    hooks = oip.Hooks(
+        model=ready_model,
+        batcher=lambda: state["batcher"],
+        check_auth=check_auth,
+        submit=submit,
+        result=result,
+        count_images=lambda n: metrics.images.labels(oip.INFER_ROUTE).inc(n),
+        max_images=settings.max_files,
+        max_body_bytes=settings.max_body_bytes,
     )
+    app.include_router(oip.router(hooks))
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:

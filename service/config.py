@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     threshold: float = 0.0  # /spot: artifact_score above it = altered; 0 = the model's own (model.json, else 0.5)
     access_log: bool = True  # uvicorn's one line per request (benchmarks turn it off)
     api_key: str = ""  # when set, requests need "Authorization: Bearer <key>"
+    grpc_port: int = 0  # the Open Inference Protocol over gRPC on this port too (Triton's is 8001); 0 = off
+    grpc_host: str = "127.0.0.1"  # `python -m service` sets it to its --host unless given
     cors_origins: str = ""  # comma-separated origins whose web pages may call the API ("*" = any); empty = none
 
 

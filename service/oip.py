@@ -112,6 +112,31 @@ def flag(parameters: dict, key: str, default: bool) -> bool:
     return value
 
 
+def checked_input(inputs: list, model: ExportedModel, max_images: int):
+    """The request's one input tensor (`name`, `datatype`, `shape`, `parameters`: JSON's or gRPC's), checked
+    against the model's input; a mistake is a 400 that says what to send."""
+    spec = model.meta["input"]
+    expected = f"one input {spec['name']!r}, FP32, shape {dims(spec['shape'])} with 1 to {max_images} images"
+    if len(inputs) != 1 or inputs[0].name != spec["name"]:
+        raise bad(f"inputs {[t.name for t in inputs]}: the model takes {expected}")
+    tensor = inputs[0]
+    if tensor.datatype != "FP32":
+        raise bad(f"input datatype {tensor.datatype}: the model takes {expected}")
+    shape = list(tensor.shape)
+    if len(shape) != 4 or shape[1:] != spec["shape"][1:] or not 1 <= shape[0] <= max_images:
+        raise bad(f"input shape {shape}: the model takes {expected}")
+    if "shared_memory_region" in tensor.parameters:
+        raise bad("shared memory is not supported: send the data in the request")
+    return tensor
+
+
+def check_output(name: str, parameters, model: ExportedModel) -> None:
+    if name not in model.outputs:
+        raise bad(f"unknown output {name!r}; valid: {', '.join(model.outputs)}")
+    if "classification" in parameters or "shared_memory_region" in parameters:
+        raise bad("classification and shared memory outputs are not supported")
+
+
 @dataclass
 class Infer:
     batch: np.ndarray  # [n, 3, size, size] float32, finite
@@ -135,17 +160,8 @@ def parse_infer(body: bytes, header_length: str | None, model: ExportedModel, ma
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
         raise bad(f"not an inference request: {problems}") from None
-    expected = f"one input {spec['name']!r}, FP32, shape {dims(spec['shape'])} with 1 to {max_images} images"
-    if len(request.inputs) != 1 or request.inputs[0].name != spec["name"]:
-        raise bad(f"inputs {[t.name for t in request.inputs]}: the model takes {expected}")
-    tensor = request.inputs[0]
-    if tensor.datatype != "FP32":
-        raise bad(f"input datatype {tensor.datatype}: the model takes {expected}")
+    tensor = checked_input(request.inputs, model, max_images)
     shape = tensor.shape
-    if len(shape) != 4 or shape[1:] != spec["shape"][1:] or not 1 <= shape[0] <= max_images:
-        raise bad(f"input shape {shape}: the model takes {expected}")
-    if "shared_memory_region" in tensor.parameters:
-        raise bad("shared memory is not supported: send the data in the request")
     count, size = math.prod(shape), tensor.parameters.get("binary_data_size")
     if size is not None:
         if tensor.data is not None:
@@ -175,10 +191,7 @@ def parse_infer(body: bytes, header_length: str | None, model: ExportedModel, ma
     wanted = request.outputs or [RequestedOutput(name=name) for name in model.outputs]
     outputs: dict[str, bool] = {}
     for out in wanted:
-        if out.name not in model.outputs:
-            raise bad(f"unknown output {out.name!r}; valid: {', '.join(model.outputs)}")
-        if "classification" in out.parameters or "shared_memory_region" in out.parameters:
-            raise bad("classification and shared memory outputs are not supported")
+        check_output(out.name, out.parameters, model)
         outputs[out.name] = flag(out.parameters, "binary_data", binary_default)
     return Infer(batch, list(outputs.items()), request.id)
 

@@ -1,0 +1,173 @@
+"""The Open Inference Protocol over gRPC (Triton's port 8001, KServe's GRPCInferenceService), beside the HTTP
+routes of oip.py and sharing everything with them: the model, the batcher, the limits and the API key, so
+tritonclient.grpc (or a KServe gRPC client) runs against the service. Off unless SPOT_GRPC_PORT is set.
+
+The messages and the service come from tritonclient's generated code (Triton's grpc_service.proto, a
+superset of KServe's): the methods not written here answer UNIMPLEMENTED, as the base class does."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+from fastapi import HTTPException
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from . import oip
+from .model import ExportedModel
+
+SERVICE = "/inference.GRPCInferenceService"  # the metrics' route label: SERVICE/<method>
+# The HTTP routes' statuses as gRPC codes (as Triton maps its own errors)
+CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def input_batch(request: pb.ModelInferRequest, model: ExportedModel, max_images: int) -> np.ndarray:
+    """The request's tensor as float32 NCHW: raw little-endian bytes (what tritonclient sends) or typed
+    contents; checked as the HTTP route checks it."""
+    tensor = oip.checked_input(request.inputs, model, max_images)
+    shape = list(tensor.shape)
+    count = math.prod(shape)
+    if request.raw_input_contents:
+        if len(request.raw_input_contents) != 1:
+            raise oip.bad(f"{len(request.raw_input_contents)} raw_input_contents for one input")
+        raw = request.raw_input_contents[0]
+        if len(raw) != 4 * count:
+            raise oip.bad(f"raw_input_contents holds {len(raw)} bytes; shape {shape} in FP32 is {4 * count}")
+        batch = np.frombuffer(raw, "<f4").astype(np.float32).reshape(shape)
+    else:
+        values = tensor.contents.fp32_contents
+        if len(values) != count:
+            raise oip.bad(f"fp32_contents holds {len(values)} values; shape {shape} needs {count}")
+        batch = np.asarray(values, np.float32).reshape(shape)
+    if not np.isfinite(batch).all():
+        raise oip.bad("input holds NaN or infinite values")
+    return batch
+
+
+def output_names(request: pb.ModelInferRequest, model: ExportedModel) -> list[str]:
+    """The outputs asked for, in order (none named = every output of the model)."""
+    names = [out.name for out in request.outputs] or list(model.outputs)
+    for out in request.outputs:
+        oip.check_output(out.name, out.parameters, model)
+    return list(dict.fromkeys(names))
+
+
+class Servicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(
+        self,
+        hooks: oip.Hooks,
+        authorized: Callable[[str | None], bool],  # the authorization header's value -> may call
+        observe: Callable[[str, str, float], None],  # (route, status, seconds) of every call
+        count_images: Callable[[int], None],
+    ):
+        self.hooks, self.authorized, self.observe, self.count_images = hooks, authorized, observe, count_images
+
+    def served(self, name: str, version: str) -> ExportedModel:
+        model = self.hooks.model()
+        if name != model.name or version not in ("", model.version):  # "" = the one served
+            wanted = name if not version else f"{name} version {version}"
+            raise HTTPException(404, f"model {wanted} is not served here; {model.name} version {model.version} is")
+        return model
+
+    async def answer(self, method: str, context: grpc.aio.ServicerContext, work):
+        """`work()`'s message, or the HTTPException it raised as the matching gRPC status; counted and timed
+        under SERVICE/method like the HTTP routes."""
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            return await work()
+        except HTTPException as exc:
+            code = CODES.get(exc.status_code, grpc.StatusCode.UNKNOWN)
+            await context.abort(code, str(exc.detail))
+        except BaseException:
+            code = grpc.StatusCode.UNKNOWN if context.code() is None else context.code()
+            raise
+        finally:
+            self.observe(f"{SERVICE}/{method}", code.name, time.perf_counter() - started)
+
+    async def ServerLive(self, request, context):
+        async def work():
+            return pb.ServerLiveResponse(live=True)
+
+        return await self.answer("ServerLive", context, work)
+
+    async def ServerReady(self, request, context):
+        async def work():
+            try:
+                self.hooks.model()
+            except HTTPException:
+                return pb.ServerReadyResponse(ready=False)
+            return pb.ServerReadyResponse(ready=True)
+
+        return await self.answer("ServerReady", context, work)
+
+    async def ModelReady(self, request, context):
+        async def work():
+            try:
+                self.served(request.name, request.version)
+            except HTTPException as exc:
+                if exc.status_code == 404:
+                    raise
+                return pb.ModelReadyResponse(ready=False)
+            return pb.ModelReadyResponse(ready=True)
+
+        return await self.answer("ModelReady", context, work)
+
+    async def ServerMetadata(self, request, context):
+        async def work():
+            return pb.ServerMetadataResponse(**oip.SERVER)
+
+        return await self.answer("ServerMetadata", context, work)
+
+    async def ModelMetadata(self, request, context):
+        async def work():
+            meta = oip.model_metadata(self.served(request.name, request.version))
+            tensors = {
+                k: [pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta[k]] for k in ("inputs", "outputs")
+            }
+            return pb.ModelMetadataResponse(**{**meta, **tensors})
+
+        return await self.answer("ModelMetadata", context, work)
+
+    async def ModelInfer(self, request, context):
+        async def work():
+            metadata = dict(context.invocation_metadata() or ())
+            if not self.authorized(metadata.get("authorization")):
+                raise HTTPException(401, "missing or wrong API key (metadata authorization: Bearer <key>)")
+            model = self.served(request.model_name, request.model_version)
+            with self.hooks.batcher().arriving_request():  # the batcher may wait for this one
+                batch = input_batch(request, model, self.hooks.max_images)
+                names = output_names(request, model)
+                job = self.hooks.submit(batch, names)
+            results = await self.hooks.result(job)
+            self.count_images(len(batch))
+            response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+            response.parameters["execution_provider"].string_param = model.provider
+            for name in names:
+                values = np.ascontiguousarray(results[name], "<f4")
+                response.outputs.add(name=name, datatype="FP32", shape=values.shape)
+                response.raw_output_contents.append(values.tobytes())
+            return response
+
+        return await self.answer("ModelInfer", context, work)
+
+
+async def start(servicer: Servicer, host: str, port: int, max_message_bytes: int) -> grpc.aio.Server:
+    """A gRPC server on the running event loop (uvicorn's). Several workers bind the same port: gRPC sets
+    SO_REUSEPORT, so the kernel spreads connections over them as it does the HTTP socket's."""
+    options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.so_reuseport", 1)]
+    server = grpc.aio.server(options=options)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")  # raises when it cannot
+    await server.start()
+    return server

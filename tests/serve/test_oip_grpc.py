@@ -1,0 +1,167 @@
+"""The Open Inference Protocol over gRPC (SPOT_GRPC_PORT) against a real uvicorn process, driven by Triton's
+own gRPC client: the same answers as ONNX Runtime, the same checks and API key as the HTTP routes."""
+
+import json
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+from tritonclient.utils import InferenceServerException
+
+from bench.server import Server, free_port
+
+from .test_oip import preprocessed
+
+
+@pytest.fixture(scope="module")
+def grpc_server(model_dir):
+    port = free_port()
+    s = Server(model_dir, grpc_port=str(port), api_key="k3y")
+    s.grpc = f"127.0.0.1:{port}"
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def triton_client(grpc_server):
+    client = triton.InferenceServerClient(grpc_server.grpc)
+    yield client
+    client.close()
+
+
+KEY = {"authorization": "Bearer k3y"}
+
+
+def test_health_and_metadata_as_tritonclient_reads_them(triton_client, model_dir):
+    assert triton_client.is_server_live() and triton_client.is_server_ready()
+    assert triton_client.is_model_ready("spot-tiny") and triton_client.is_model_ready("spot-tiny", "1")
+    assert "binary_tensor_data" in triton_client.get_server_metadata().extensions
+    size = json.loads((model_dir / "model.json").read_text())["input"]["shape"][-1]
+    meta = triton_client.get_model_metadata("spot-tiny", as_json=True)
+    assert meta["versions"] == ["1"] and meta["inputs"] == [
+        {"name": "images", "datatype": "FP32", "shape": ["-1", "3", str(size), str(size)]}  # int64 as JSON text
+    ]
+    assert [o["name"] for o in meta["outputs"]] == ["conv1", "conv2", "conv3", "conv4", "conv5", "real_logit",
+                                                    "mask_logits"]  # fmt: skip
+    for call in (lambda: triton_client.get_model_metadata("resnet50"), lambda: triton_client.is_model_ready("x")):
+        with pytest.raises(InferenceServerException, match="not served here") as err:
+            call()
+        assert err.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_infer_equals_onnx_runtime_and_is_counted(triton_client, model_dir, grpc_server):
+    import httpx
+
+    batch = preprocessed(model_dir)
+    names = ["conv3", "real_logit", "mask_logits"]
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    expected = dict(zip(names, session.run(names, {"images": batch})))
+    images = triton.InferInput("images", list(batch.shape), "FP32")
+    images.set_data_from_numpy(batch)
+    outputs = [triton.InferRequestedOutput(n) for n in names]
+    result = triton_client.infer("spot-tiny", [images], outputs=outputs, request_id="g-1", headers=KEY)
+    response = result.get_response(as_json=True)
+    assert response["id"] == "g-1" and response["model_version"] == "1"
+    assert response["parameters"]["execution_provider"]["string_param"] == "CPUExecutionProvider"
+    for name in names:
+        np.testing.assert_allclose(result.as_numpy(name), expected[name], rtol=1e-5, atol=1e-5)
+    every = triton_client.infer("spot-tiny", [images], headers=KEY)  # no outputs named: all of them
+    assert [o["name"] for o in every.get_response(as_json=True)["outputs"]] == [
+        "conv1", "conv2", "conv3", "conv4", "conv5", "real_logit", "mask_logits"
+    ]  # fmt: skip
+    metrics = httpx.get(f"{grpc_server.url}/metrics").text
+    route = "/inference.GRPCInferenceService/ModelInfer"
+    assert f'spot_requests_total{{route="{route}",status="OK"}} 2.0' in metrics
+    assert f'spot_images_total{{route="{route}"}} 4.0' in metrics
+
+
+def test_typed_contents_work_as_raw_bytes_do(grpc_server, model_dir):
+    """KServe clients may send fp32_contents instead of raw bytes: the same answer."""
+    batch = preprocessed(model_dir)[:1]
+    request = pb.ModelInferRequest(model_name="spot-tiny")
+    tensor = request.inputs.add(name="images", datatype="FP32", shape=batch.shape)
+    tensor.contents.fp32_contents.extend(batch.ravel().tolist())
+    request.outputs.add(name="real_logit")
+    with grpc.insecure_channel(grpc_server.grpc) as channel:
+        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=tuple(KEY.items()))
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    (expected,) = session.run(["real_logit"], {"images": batch})
+    np.testing.assert_allclose(np.frombuffer(response.raw_output_contents[0], "<f4"), expected, rtol=1e-5)
+
+
+def nan_image(size: int) -> np.ndarray:
+    array = np.zeros((1, 3, size, size), np.float32)
+    array[0, 0, 0, 0] = np.nan
+    return array
+
+
+# (case, model name, input name, datatype, the array for the model's input size, outputs, code, message fragment)
+BAD = [
+    ("wrong input name", "spot-tiny", "input", "FP32", lambda s: np.zeros((1, 3, s, s), np.float32), None,
+     "INVALID_ARGUMENT", "the model takes"),
+    ("wrong datatype", "spot-tiny", "images", "FP16", lambda s: np.zeros((1, 3, s, s), np.float16), None,
+     "INVALID_ARGUMENT", "FP16"),
+    ("wrong shape", "spot-tiny", "images", "FP32", lambda s: np.zeros((1, 3, s // 2, s // 2), np.float32), None,
+     "INVALID_ARGUMENT", "input shape"),
+    ("too many images", "spot-tiny", "images", "FP32", lambda s: np.zeros((17, 3, s, s), np.float32), None,
+     "INVALID_ARGUMENT", "1 to 16 images"),
+    ("NaN", "spot-tiny", "images", "FP32", nan_image, None, "INVALID_ARGUMENT", "NaN"),
+    ("unknown output", "spot-tiny", "images", "FP32", lambda s: np.zeros((1, 3, s, s), np.float32), ["fc7"],
+     "INVALID_ARGUMENT", "unknown output"),
+    ("other model", "resnet50", "images", "FP32", lambda s: np.zeros((1, 3, s, s), np.float32), None,
+     "NOT_FOUND", "not served here"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD, ids=lambda c: c[0])
+def test_bad_requests_get_the_right_status_and_a_message(triton_client, model_dir, case):
+    _, model, name, datatype, make, outputs, code, fragment = case
+    array = make(json.loads((model_dir / "model.json").read_text())["input"]["shape"][-1])
+    tensor = triton.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    requested = [triton.InferRequestedOutput(n) for n in outputs] if outputs else None
+    with pytest.raises(InferenceServerException, match=fragment) as err:
+        triton_client.infer(model, [tensor], outputs=requested, headers=KEY)
+    assert err.value.status() == f"StatusCode.{code}"
+    assert triton_client.is_server_ready()
+
+
+def test_the_api_key_guards_infer_and_raw_bytes_must_match_the_shape(triton_client, grpc_server, model_dir):
+    size = json.loads((model_dir / "model.json").read_text())["input"]["shape"][-1]
+    array = np.zeros((1, 3, size, size), np.float32)
+    images = triton.InferInput("images", list(array.shape), "FP32")
+    images.set_data_from_numpy(array)
+    for headers in (None, {"authorization": "Bearer wrong"}):
+        with pytest.raises(InferenceServerException, match="API key") as err:
+            triton_client.infer("spot-tiny", [images], headers=headers)
+        assert err.value.status() == "StatusCode.UNAUTHENTICATED"
+    request = pb.ModelInferRequest(model_name="spot-tiny", raw_input_contents=[b"\0" * 100])
+    request.inputs.add(name="images", datatype="FP32", shape=[1, 3, size, size])
+    with grpc.insecure_channel(grpc_server.grpc) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(request, metadata=tuple(KEY.items()))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and str(3 * size * size * 4) in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:  # Triton's extras beyond the protocol
+            stub.ModelStatistics(pb.ModelStatisticsRequest(name="spot-tiny"))
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_without_a_model_it_is_live_not_ready_and_infer_is_unavailable(tmp_path):
+    port = free_port()
+    s = Server(tmp_path, grpc_port=str(port))  # an empty folder: no model
+    try:
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        assert client.is_server_live() and not client.is_server_ready()
+        images = triton.InferInput("images", [1, 3, 64, 64], "FP32")
+        images.set_data_from_numpy(np.zeros((1, 3, 64, 64), np.float32))
+        with pytest.raises(InferenceServerException, match="model not loaded") as err:
+            client.infer("spot-tiny", [images])
+        assert err.value.status() == "StatusCode.UNAVAILABLE"
+        client.close()
+    finally:
+        s.stop()
