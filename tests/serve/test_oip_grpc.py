@@ -165,3 +165,32 @@ def test_without_a_model_it_is_live_not_ready_and_infer_is_unavailable(tmp_path)
         client.close()
     finally:
         s.stop()
+
+
+def test_grpc_calls_share_onnx_runtime_runs_with_http_requests(model_dir):
+    """The batcher waits up to 5 s for a second image (a batch of 2 runs as soon as it is full): a gRPC infer
+    call and a /features request sent together run as one batch of two."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from ..conftest import DATA
+
+    port = free_port()
+    s = Server(model_dir, grpc_port=str(port), max_batch_delay_ms="5000", adaptive_batch_delay="false",
+               max_batch_size="2")  # fmt: skip
+    size = json.loads((model_dir / "model.json").read_text())["input"]["shape"][-1]
+    images = triton.InferInput("images", [1, 3, size, size], "FP32")
+    images.set_data_from_numpy(np.zeros((1, 3, size, size), np.float32))
+    photo = [("files", ("china.jpg", (DATA / "photos" / "sklearn" / "china.jpg").read_bytes(), "image/jpeg"))]
+    try:
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        with httpx.Client(base_url=s.url, timeout=30) as c, ThreadPoolExecutor(2) as pool:
+            infer = pool.submit(client.infer, "spot-tiny", [images])
+            features = pool.submit(c.post, "/features", files=photo)
+            assert infer.result().as_numpy("real_logit").shape == (1,) and features.result().status_code == 200
+            runs = [line for line in c.get("/metrics").text.splitlines() if line.startswith("spot_batch_size_")]
+        assert "spot_batch_size_count 1.0" in runs and "spot_batch_size_sum 2.0" in runs
+        client.close()
+    finally:
+        s.stop()
