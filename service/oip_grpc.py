@@ -7,6 +7,7 @@ superset of KServe's): the methods not written here answer UNIMPLEMENTED, as the
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -89,6 +90,9 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         except HTTPException as exc:
             code = CODES.get(exc.status_code, grpc.StatusCode.UNKNOWN)
             await context.abort(code, str(exc.detail))
+        except asyncio.CancelledError:  # the client went away or its deadline passed
+            code = grpc.StatusCode.CANCELLED
+            raise
         except BaseException:
             code = grpc.StatusCode.UNKNOWN if context.code() is None else context.code()
             raise

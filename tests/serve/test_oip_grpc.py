@@ -2,6 +2,7 @@
 own gRPC client: the same answers as ONNX Runtime, the same checks and API key as the HTTP routes."""
 
 import json
+import time
 
 import grpc
 import numpy as np
@@ -191,6 +192,15 @@ def test_grpc_calls_share_onnx_runtime_runs_with_http_requests(model_dir):
             assert infer.result().as_numpy("real_logit").shape == (1,) and features.result().status_code == 200
             runs = [line for line in c.get("/metrics").text.splitlines() if line.startswith("spot_batch_size_")]
         assert "spot_batch_size_count 1.0" in runs and "spot_batch_size_sum 2.0" in runs
+        # a lone call waits for a second image longer than its deadline: the client gives up, the server
+        # counts it cancelled and drops its image instead of running it for no one
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("spot-tiny", [images], client_timeout=1)
+        assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        time.sleep(5)  # past the batch delay
+        metrics = httpx.get(f"{s.url}/metrics").text
+        assert 'route="/inference.GRPCInferenceService/ModelInfer",status="CANCELLED"} 1.0' in metrics
+        assert "spot_batch_size_count 1.0" in metrics and client.is_server_ready()
         client.close()
     finally:
         s.stop()
