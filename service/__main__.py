@@ -8,6 +8,7 @@ import contextlib
 import logging.config
 import os
 import signal
+import socket
 import tempfile
 from pathlib import Path
 
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["SPOT_GRPC_PORT"] = str(args.grpc_port)
     os.environ.setdefault("SPOT_GRPC_HOST", args.host)  # gRPC (SPOT_GRPC_PORT) listens where HTTP does
     settings = Settings()
+    if settings.grpc_port and (why := in_use(settings.grpc_host, settings.grpc_port)):
+        parser.error(f"gRPC port {settings.grpc_port} on {settings.grpc_host}: {why}")
     workers = resolve_workers(settings)
     os.environ["SPOT_WORKERS"] = str(workers)  # what each worker's app shares its cores out by
     options = dict(
@@ -69,6 +72,19 @@ def main(argv: list[str] | None = None) -> None:
         serve_workers(workers, options)
     else:
         Server(uvicorn.Config(create_app(settings), **options)).run()
+
+
+def in_use(host: str, port: int) -> str | None:
+    """Why the port cannot be bound, or None. Asked once before the workers start: they bind it with
+    SO_REUSEPORT, which would share it unnoticed with another server that does too, and a worker that
+    cannot bind it would be restarted by uvicorn's supervisor over and over."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's TIME_WAIT is no obstacle
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def serve_workers(workers: int, options: dict) -> None:

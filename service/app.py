@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import time
@@ -153,10 +154,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             count = metrics.images.labels(f"{oip_grpc.SERVICE}/ModelInfer").inc
             servicer = oip_grpc.Servicer(hooks, authorized, observe_grpc, count)
-            state["grpc"] = await oip_grpc.start(
-                servicer, settings.grpc_host, settings.grpc_port, settings.max_body_bytes
-            )
-            log.info("Open Inference Protocol over gRPC on %s:%d", settings.grpc_host, settings.grpc_port)
+            largest = oip_grpc.max_message_bytes(state["model"], settings.max_files, settings.max_body_bytes)
+            address = oip_grpc.address(settings.grpc_host, settings.grpc_port)
+            try:
+                state["grpc"] = await oip_grpc.start(servicer, address, largest)
+            except RuntimeError:
+                if state["batcher"]:
+                    await state["batcher"].stop()
+                raise  # the app does not start: a port asked for and not served is an error
+            log.info("Open Inference Protocol over gRPC on %s", address)
         yield
         if state["grpc"]:
             await state["grpc"].stop(grace=5)  # answers the calls in flight (compose stops after 10 s)
@@ -203,7 +209,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return state["model"]
 
     def authorized(header: str | None) -> bool:
-        return not settings.api_key or header == f"Bearer {settings.api_key}"
+        expected = f"Bearer {settings.api_key}".encode()  # compared in constant time: no timing hint
+        return not settings.api_key or hmac.compare_digest((header or "").encode(), expected)
 
     def check_auth(request: Request) -> None:
         if not authorized(request.headers.get("authorization")):

@@ -10,18 +10,22 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import uuid
 from collections.abc import Callable
 
 import grpc
 import numpy as np
+from asgi_correlation_id import correlation_id
 from fastapi import HTTPException
+from fastapi.concurrency import run_in_threadpool
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from . import oip
+from . import logs, oip
 from .model import ExportedModel
 
 SERVICE = "/inference.GRPCInferenceService"  # the metrics' route label: SERVICE/<method>
+MAX_CALLS = 512  # in progress at once, as uvicorn's limit_concurrency for HTTP
 # The HTTP routes' statuses as gRPC codes (as Triton maps its own errors)
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -40,6 +44,8 @@ def input_batch(request: pb.ModelInferRequest, model: ExportedModel, max_images:
     shape = list(tensor.shape)
     count = math.prod(shape)
     if request.raw_input_contents:
+        if tensor.HasField("contents"):
+            raise oip.bad("give the input's contents or raw_input_contents, not both")
         if len(request.raw_input_contents) != 1:
             raise oip.bad(f"{len(request.raw_input_contents)} raw_input_contents for one input")
         raw = request.raw_input_contents[0]
@@ -83,13 +89,19 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def answer(self, method: str, context: grpc.aio.ServicerContext, work):
         """`work()`'s message, or the HTTPException it raised as the matching gRPC status; counted and timed
-        under SERVICE/method like the HTTP routes."""
+        under SERVICE/method like the HTTP routes, and named by an x-request-id (the caller's metadata when
+        plain, else a fresh one) in the log and the trailing metadata, as HTTP's X-Request-ID."""
         started, code = time.perf_counter(), grpc.StatusCode.OK
+        given = dict(context.invocation_metadata() or ()).get("x-request-id", "")
+        request_id = given if logs.plain_request_id(given) else uuid.uuid4().hex
+        correlation_id.set(request_id)
+        trailer = (("x-request-id", request_id),)
+        context.set_trailing_metadata(trailer)
         try:
             return await work()
         except HTTPException as exc:
             code = CODES.get(exc.status_code, grpc.StatusCode.UNKNOWN)
-            await context.abort(code, str(exc.detail))
+            await context.abort(code, str(exc.detail), trailer)
         except asyncio.CancelledError:  # the client went away or its deadline passed
             code = grpc.StatusCode.CANCELLED
             raise
@@ -119,9 +131,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         async def work():
             try:
                 self.served(request.name, request.version)
-            except HTTPException as exc:
-                if exc.status_code == 404:
-                    raise
+            except HTTPException:  # not loaded, or another model: not ready, as Triton answers
                 return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=True)
 
@@ -129,7 +139,8 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerMetadata(self, request, context):
         async def work():
-            return pb.ServerMetadataResponse(**oip.SERVER)
+            # binary_tensor_data is HTTP's: gRPC tensors are raw bytes anyway
+            return pb.ServerMetadataResponse(**{**oip.SERVER, "extensions": []})
 
         return await self.answer("ServerMetadata", context, work)
 
@@ -150,7 +161,9 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 raise HTTPException(401, "missing or wrong API key (metadata authorization: Bearer <key>)")
             model = self.served(request.model_name, request.model_version)
             with self.hooks.batcher().arriving_request():  # the batcher may wait for this one
-                batch = input_batch(request, model, self.hooks.max_images)
+                parse = lambda: input_batch(request, model, self.hooks.max_images)  # noqa: E731
+                # raw bytes are one copy; typed contents go number by number: not on the event loop
+                batch = parse() if request.raw_input_contents else await run_in_threadpool(parse)
                 names = output_names(request, model)
                 job = self.hooks.submit(batch, names)
             results = await self.hooks.result(job)
@@ -166,12 +179,25 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self.answer("ModelInfer", context, work)
 
 
-async def start(servicer: Servicer, host: str, port: int, max_message_bytes: int) -> grpc.aio.Server:
+def max_message_bytes(model: ExportedModel | None, max_images: int, max_body_bytes: int) -> int:
+    """What the largest valid request needs (max_images FP32 images, plus room for the rest), so that a
+    message is refused before it is held in memory; the body limit when no model is loaded."""
+    if model is None:
+        return max_body_bytes
+    return min(max_body_bytes, 4 * max_images * math.prod(model.meta["input"]["shape"][1:]) + (1 << 16))
+
+
+async def start(servicer: Servicer, address: str, max_message: int) -> grpc.aio.Server:
     """A gRPC server on the running event loop (uvicorn's). Several workers bind the same port: gRPC sets
-    SO_REUSEPORT, so the kernel spreads connections over them as it does the HTTP socket's."""
-    options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.so_reuseport", 1)]
-    server = grpc.aio.server(options=options)
+    SO_REUSEPORT, so the kernel spreads their connections over them (a connection stays with one worker);
+    `python -m service` checks first that no one else holds the port."""
+    options = [("grpc.max_receive_message_length", max_message), ("grpc.so_reuseport", 1)]
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=MAX_CALLS)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")  # raises when it cannot
+    server.add_insecure_port(address)  # raises when it cannot
     await server.start()
     return server
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -2,7 +2,11 @@
 own gRPC client: the same answers as ONNX Runtime, the same checks and API key as the HTTP routes."""
 
 import json
+import re
+import subprocess
+import sys
 import time
+from concurrent import futures
 
 import grpc
 import numpy as np
@@ -40,7 +44,7 @@ KEY = {"authorization": "Bearer k3y"}
 def test_health_and_metadata_as_tritonclient_reads_them(triton_client, model_dir):
     assert triton_client.is_server_live() and triton_client.is_server_ready()
     assert triton_client.is_model_ready("spot-tiny") and triton_client.is_model_ready("spot-tiny", "1")
-    assert "binary_tensor_data" in triton_client.get_server_metadata().extensions
+    assert triton_client.get_server_metadata().name == "spot-artifacts"
     size = json.loads((model_dir / "model.json").read_text())["input"]["shape"][-1]
     meta = triton_client.get_model_metadata("spot-tiny", as_json=True)
     assert meta["versions"] == ["1"] and meta["inputs"] == [
@@ -48,10 +52,10 @@ def test_health_and_metadata_as_tritonclient_reads_them(triton_client, model_dir
     ]
     assert [o["name"] for o in meta["outputs"]] == ["conv1", "conv2", "conv3", "conv4", "conv5", "real_logit",
                                                     "mask_logits"]  # fmt: skip
-    for call in (lambda: triton_client.get_model_metadata("resnet50"), lambda: triton_client.is_model_ready("x")):
-        with pytest.raises(InferenceServerException, match="not served here") as err:
-            call()
-        assert err.value.status() == "StatusCode.NOT_FOUND"
+    assert not triton_client.is_model_ready("resnet50") and not triton_client.is_model_ready("spot-tiny", "2")
+    with pytest.raises(InferenceServerException, match="not served here") as err:
+        triton_client.get_model_metadata("resnet50")
+    assert err.value.status() == "StatusCode.NOT_FOUND"
 
 
 def test_infer_equals_onnx_runtime_and_is_counted(triton_client, model_dir, grpc_server):
@@ -80,15 +84,22 @@ def test_infer_equals_onnx_runtime_and_is_counted(triton_client, model_dir, grpc
     assert f'spot_images_total{{route="{route}"}} 4.0' in metrics
 
 
-def test_typed_contents_work_as_raw_bytes_do(grpc_server, model_dir):
-    """KServe clients may send fp32_contents instead of raw bytes: the same answer."""
+def test_typed_contents_work_as_raw_bytes_do_and_calls_carry_a_request_id(grpc_server, model_dir):
+    """KServe clients may send fp32_contents instead of raw bytes: the same answer. The call's x-request-id
+    (metadata) comes back in the trailing metadata, as HTTP's X-Request-ID header does."""
     batch = preprocessed(model_dir)[:1]
     request = pb.ModelInferRequest(model_name="spot-tiny")
     tensor = request.inputs.add(name="images", datatype="FP32", shape=batch.shape)
     tensor.contents.fp32_contents.extend(batch.ravel().tolist())
     request.outputs.add(name="real_logit")
     with grpc.insecure_channel(grpc_server.grpc) as channel:
-        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=tuple(KEY.items()))
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        response, call = stub.ModelInfer.with_call(request, metadata=(*KEY.items(), ("x-request-id", "grpc-5")))
+        assert ("x-request-id", "grpc-5") in call.trailing_metadata()
+        with pytest.raises(grpc.RpcError) as err:  # refused, with a fresh ID
+            stub.ModelInfer(request, metadata=(("x-request-id", "not plain"),))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert re.fullmatch(r"[0-9a-f]{32}", dict(err.value.trailing_metadata())["x-request-id"])
     session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     (expected,) = session.run(["real_logit"], {"images": batch})
     np.testing.assert_allclose(np.frombuffer(response.raw_output_contents[0], "<f4"), expected, rtol=1e-5)
@@ -147,6 +158,16 @@ def test_the_api_key_guards_infer_and_raw_bytes_must_match_the_shape(triton_clie
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(request, metadata=tuple(KEY.items()))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and str(3 * size * size * 4) in err.value.details()
+        request.inputs[0].contents.fp32_contents.extend([0.0] * (3 * size * size))
+        request.raw_input_contents[0] = b"\0" * (3 * size * size * 4)
+        with pytest.raises(grpc.RpcError) as err:  # both forms at once: which one counts?
+            stub.ModelInfer(request, metadata=tuple(KEY.items()))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not both" in err.value.details()
+        # larger than 16 images need: refused by gRPC before it is parsed
+        big = pb.ModelInferRequest(model_name="spot-tiny", raw_input_contents=[b"\0" * 2_000_000])
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(big, metadata=tuple(KEY.items()))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         with pytest.raises(grpc.RpcError) as err:  # Triton's extras beyond the protocol
             stub.ModelStatistics(pb.ModelStatisticsRequest(name="spot-tiny"))
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -204,3 +225,19 @@ def test_grpc_calls_share_onnx_runtime_runs_with_http_requests(model_dir):
         client.close()
     finally:
         s.stop()
+
+
+def test_a_grpc_port_held_by_another_server_is_an_error_before_anything_starts(model_dir):
+    """Workers bind the port with SO_REUSEPORT, which would share it unnoticed with a server that does too:
+    `python -m service` checks it first and stops with the reason."""
+    port = free_port()
+    holder = grpc.server(futures.ThreadPoolExecutor(1), options=[("grpc.so_reuseport", 1)])
+    holder.add_insecure_port(f"127.0.0.1:{port}")
+    holder.start()
+    try:
+        cmd = [sys.executable, "-m", "service", "--port", str(free_port()), "--grpc-port", str(port),
+               "--model-dir", str(model_dir), "--workers", "2"]  # fmt: skip
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    finally:
+        holder.stop(0)
+    assert r.returncode == 2 and f"gRPC port {port} on 127.0.0.1: Address already in use" in r.stderr, r.stderr
