@@ -241,3 +241,23 @@ def test_a_grpc_port_held_by_another_server_is_an_error_before_anything_starts(m
     finally:
         holder.stop(0)
     assert r.returncode == 2 and f"gRPC port {port} on 127.0.0.1: Address already in use" in r.stderr, r.stderr
+
+
+def test_two_workers_share_the_grpc_port(model_dir):
+    """Each worker binds the port (SO_REUSEPORT); every connection is answered, and /metrics adds them up."""
+    import httpx
+
+    port = free_port()
+    s = Server(model_dir, ready="/readyz", workers="2", grpc_port=str(port))
+    size = json.loads((model_dir / "model.json").read_text())["input"]["shape"][-1]
+    images = triton.InferInput("images", [1, 3, size, size], "FP32")
+    images.set_data_from_numpy(np.zeros((1, 3, size, size), np.float32))
+    try:
+        for _ in range(12):  # a connection each, so the kernel spreads them
+            client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+            assert client.infer("spot-tiny", [images]).as_numpy("real_logit").shape == (1,)
+            client.close()
+        metrics = httpx.get(f"{s.url}/metrics").text
+        assert 'spot_requests_total{route="/inference.GRPCInferenceService/ModelInfer",status="OK"} 12.0' in metrics
+    finally:
+        s.stop()
