@@ -32,7 +32,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 ORT_GPU = "onnxruntime-gpu==1.31.1"  # the version pyproject pins for onnxruntime
-WHEELS = ["fastapi==0.165.0", "fastapi-offline==1.7.7", "asgi-correlation-id==5.0.1", "starlette==1.10.0", "pydantic==2.14.4", "pydantic_core==2.50.5",
+WHEELS = ["fastapi==0.165.0", "fastapi-offline==1.7.7", "asgi-correlation-id==5.0.1", "python-json-logger==4.2.0", "starlette==1.10.0", "pydantic==2.14.4", "pydantic_core==2.50.5",
           "pydantic-settings==2.16.3", "python-dotenv==1.2.4", "python-multipart==0.0.34", "orjson==3.13.0",
           "uvicorn==0.54.0", "httptools==0.9.0", "annotated-types==0.8.0", "typing-inspection==0.4.5",
           "typing_extensions==4.16.0", "annotated-doc==0.0.7", "opentelemetry-api==1.45.2"]  # fmt: skip

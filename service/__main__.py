@@ -45,7 +45,6 @@ def main(argv: list[str] | None = None) -> None:
         "--grpc-port", type=int, help="also the Open Inference Protocol over gRPC on this port (SPOT_GRPC_PORT; off)"
     )
     args = parser.parse_args(argv)
-    logging.config.dictConfig(logging_config())
     if args.model_dir:  # through the environment, so that worker processes read the same settings
         os.environ["SPOT_MODEL_DIR"] = str(args.model_dir)
     if args.workers:
@@ -54,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["SPOT_GRPC_PORT"] = str(args.grpc_port)
     os.environ.setdefault("SPOT_GRPC_HOST", args.host)  # gRPC (SPOT_GRPC_PORT) listens where HTTP does
     settings = Settings()
+    logging.config.dictConfig(logging_config(settings.log_format))
     if settings.grpc_port and (why := in_use(settings.grpc_host, settings.grpc_port)):
         parser.error(f"gRPC port {settings.grpc_port} on {settings.grpc_host}: {why}")
     workers = resolve_workers(settings)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=30,
         h11_max_incomplete_event_size=65536,
         access_log=settings.access_log,
-        log_config=logging_config(),
+        log_config=logging_config(settings.log_format),
     )
     if workers > 1:
         serve_workers(workers, options)

@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = 60.0  # waiting for the model longer than this is a 504
     threshold: float = 0.0  # /spot: artifact_score above it = altered; 0 = the model's own (model.json, else 0.5)
     access_log: bool = True  # uvicorn's one line per request (benchmarks turn it off)
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object a line, for log collectors
     api_key: str = ""  # when set, requests need "Authorization: Bearer <key>"
     grpc_port: int = 0  # the Open Inference Protocol over gRPC on this port too (Triton's is 8001); 0 = off
     grpc_host: str = "127.0.0.1"  # `python -m service` sets it to its --host unless given

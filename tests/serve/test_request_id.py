@@ -3,6 +3,7 @@ errors too, and the server's log lines name it, so a failed request can be found
 
 import asyncio
 import io
+import json
 import re
 
 import httpx
@@ -60,3 +61,19 @@ def test_an_internal_error_names_its_request(model_dir):
     r = asyncio.run(get())
     assert r.status_code == 500 and r.headers["x-request-id"] == "bug-7"
     assert r.json() == {"detail": "internal error (request bug-7)"}
+
+
+def test_json_logs_are_one_object_a_line_with_the_request_id(model_dir):
+    server = Server(model_dir, log_format="json")
+    try:
+        r = httpx.post(f"{server.url}/spot?heatmap=none", files={"files": ("a.jpg", jpeg())},
+                       headers={"X-Request-ID": "json-3"}, timeout=30)  # fmt: skip
+        assert r.status_code == 200
+    finally:
+        server.stop()
+    lines = [json.loads(line) for line in server.output().splitlines() if line.strip()]  # every line is JSON
+    (access,) = [x for x in lines if x.get("request_id") == "json-3"]
+    assert access["path"] == "/spot?heatmap=none" and access["status"] == 200 and access["method"] == "POST"
+    assert access["level"] == "INFO" and access["logger"] == "uvicorn.access" and access["time"]
+    loaded = [x for x in lines if x["logger"] == "service.app" and x["message"].startswith("loaded ")]
+    assert loaded and loaded[0]["request_id"] == "-"
