@@ -157,7 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             largest = oip_grpc.max_message_bytes(state["model"], settings.max_files, settings.max_body_bytes)
             address = oip_grpc.address(settings.grpc_host, settings.grpc_port)
             try:
-                state["grpc"] = await oip_grpc.start(servicer, address, largest)
+                state["grpc"] = await oip_grpc.start(servicer, address, largest, ready=state["model"] is not None)
             except RuntimeError:
                 if state["batcher"]:
                     await state["batcher"].stop()

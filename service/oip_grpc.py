@@ -18,6 +18,7 @@ import numpy as np
 from asgi_correlation_id import correlation_id
 from fastapi import HTTPException
 from fastapi.concurrency import run_in_threadpool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -187,16 +188,33 @@ def max_message_bytes(model: ExportedModel | None, max_images: int, max_body_byt
     return min(max_body_bytes, 4 * max_images * math.prod(model.meta["input"]["shape"][1:]) + (1 << 16))
 
 
-async def start(servicer: Servicer, address: str, max_message: int) -> grpc.aio.Server:
+class Server:
+    """The gRPC server with the standard health service beside the protocol's (grpc.health.v1: what
+    Kubernetes' gRPC probes, grpc_health_probe and load balancers ask): SERVING once the model is loaded."""
+
+    def __init__(self, server: grpc.aio.Server, health_servicer):
+        self.server, self.health = server, health_servicer
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()  # NOT_SERVING: balancers stop sending new calls
+        await self.server.stop(grace)
+
+
+async def start(servicer: Servicer, address: str, max_message: int, ready: bool) -> Server:
     """A gRPC server on the running event loop (uvicorn's). Several workers bind the same port: gRPC sets
     SO_REUSEPORT, so the kernel spreads their connections over them (a connection stays with one worker);
     `python -m service` checks first that no one else holds the port."""
     options = [("grpc.max_receive_message_length", max_message), ("grpc.so_reuseport", 1)]
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=MAX_CALLS)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", "inference.GRPCInferenceService"):  # "": the server as a whole
+        await health_servicer.set(name, status)
     server.add_insecure_port(address)  # raises when it cannot
     await server.start()
-    return server
+    return Server(server, health_servicer)
 
 
 def address(host: str, port: int) -> str:

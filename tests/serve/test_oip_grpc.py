@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
@@ -41,10 +42,19 @@ def triton_client(grpc_server):
 KEY = {"authorization": "Bearer k3y"}
 
 
-def test_health_and_metadata_as_tritonclient_reads_them(triton_client, model_dir):
+def health_status(address: str, service: str = "") -> str:
+    """grpc.health.v1, as Kubernetes' gRPC probe and grpc_health_probe ask it."""
+    with grpc.insecure_channel(address) as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def test_health_and_metadata_as_tritonclient_reads_them(triton_client, model_dir, grpc_server):
     assert triton_client.is_server_live() and triton_client.is_server_ready()
     assert triton_client.is_model_ready("spot-tiny") and triton_client.is_model_ready("spot-tiny", "1")
     assert triton_client.get_server_metadata().name == "spot-artifacts"
+    assert health_status(grpc_server.grpc) == health_status(grpc_server.grpc, "inference.GRPCInferenceService")
+    assert health_status(grpc_server.grpc) == "SERVING"
     size = json.loads((model_dir / "model.json").read_text())["input"]["shape"][-1]
     meta = triton_client.get_model_metadata("spot-tiny", as_json=True)
     assert meta["versions"] == ["1"] and meta["inputs"] == [
@@ -179,6 +189,7 @@ def test_without_a_model_it_is_live_not_ready_and_infer_is_unavailable(tmp_path)
     try:
         client = triton.InferenceServerClient(f"127.0.0.1:{port}")
         assert client.is_server_live() and not client.is_server_ready()
+        assert health_status(f"127.0.0.1:{port}") == "NOT_SERVING"
         images = triton.InferInput("images", [1, 3, 64, 64], "FP32")
         images.set_data_from_numpy(np.zeros((1, 3, 64, 64), np.float32))
         with pytest.raises(InferenceServerException, match="model not loaded") as err:
