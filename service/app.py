@@ -263,6 +263,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         count_images=lambda n: metrics.images.labels(oip.INFER_ROUTE).inc(n),
         max_images=settings.max_files,
         max_body_bytes=settings.max_body_bytes,
+        folder_name=Path(settings.model_dir).name,
     )
     app.include_router(oip.router(hooks))
 

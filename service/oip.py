@@ -29,7 +29,7 @@ INLINE_BYTES = 1 << 18  # bodies up to this size are parsed on the event loop; b
 # Room per number for a JSON tensor ("-1.2345678806304932e-05, " is 25 characters, brackets come on top): bounds
 # its text before it is parsed, which takes about 40 times the text in memory.
 CHARS_PER_NUMBER = 32
-SERVER = {"name": "spot-artifacts", "version": __version__, "extensions": ["binary_tensor_data"]}
+SERVER = {"name": "spot-artifacts", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
 
 
 class InputTensor(BaseModel):
@@ -253,6 +253,17 @@ class Hooks:
     count_images: Callable[[int], None]
     max_images: int
     max_body_bytes: int
+    folder_name: str  # what the repository index calls the model when it could not be loaded
+
+
+def repository_index(hooks: Hooks, ready_only: bool) -> list[dict]:
+    """The model repository extension's index: the one model served, READY, or UNAVAILABLE with the reason."""
+    try:
+        model = hooks.model()
+        entries = [{"name": model.name, "version": model.version, "state": "READY"}]
+    except HTTPException as exc:
+        entries = [{"name": hooks.folder_name, "state": "UNAVAILABLE", "reason": str(exc.detail)}]
+    return [e for e in entries if e["state"] == "READY" or not ready_only]
 
 
 def router(hooks: Hooks) -> APIRouter:
@@ -329,6 +340,21 @@ def router(hooks: Hooks) -> APIRouter:
             results = await hooks.result(job)
             hooks.count_images(len(parsed.batch))
             return infer_response(model, results, parsed)
+        except HTTPException as exc:
+            return as_error(exc)
+
+    @routes.post("/repository/index", summary="Model repository index")
+    async def index(request: Request):
+        """Triton's model repository extension, read-only: which model is served and whether it is ready
+        (`{"ready": true}` lists only ready ones); loading and unloading models is not offered."""
+        body = await request.body()
+        try:
+            options = orjson.loads(body) if body.strip() else {}
+            if not isinstance(options, dict):
+                raise bad('the body must be a JSON object such as {"ready": true}, or empty')
+            return repository_index(hooks, flag(options, "ready", False))
+        except orjson.JSONDecodeError:
+            return as_error(bad('the body must be a JSON object such as {"ready": true}, or empty'))
         except HTTPException as exc:
             return as_error(exc)
 

@@ -141,7 +141,8 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(self, request, context):
         async def work():
             # binary_tensor_data is HTTP's: gRPC tensors are raw bytes anyway
-            return pb.ServerMetadataResponse(**{**oip.SERVER, "extensions": []})
+            extensions = [e for e in oip.SERVER["extensions"] if e != "binary_tensor_data"]
+            return pb.ServerMetadataResponse(**{**oip.SERVER, "extensions": extensions})
 
         return await self.answer("ServerMetadata", context, work)
 
@@ -154,6 +155,15 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelMetadataResponse(**{**meta, **tensors})
 
         return await self.answer("ModelMetadata", context, work)
+
+    async def RepositoryIndex(self, request, context):
+        async def work():
+            models = [
+                pb.RepositoryIndexResponse.ModelIndex(**e) for e in oip.repository_index(self.hooks, request.ready)
+            ]
+            return pb.RepositoryIndexResponse(models=models)
+
+        return await self.answer("RepositoryIndex", context, work)
 
     async def ModelInfer(self, request, context):
         async def work():

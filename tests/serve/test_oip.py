@@ -104,6 +104,16 @@ def compressed(body: bytes, encoding: str) -> dict:
     return {"content": data, "headers": {"Content-Encoding": encoding}}
 
 
+def test_the_repository_index_lists_the_model_served(triton_client, client):
+    """Triton's model repository extension, read-only: tritonclient's get_model_repository_index works."""
+    assert triton_client.get_model_repository_index() == [{"name": "spot-tiny", "version": "1", "state": "READY"}]
+    assert client.post("/v2/repository/index", json={"ready": True}).json()[0]["state"] == "READY"
+    for body in (b"[1]", b"{", b'{"ready": "yes"}'):
+        r = client.post("/v2/repository/index", content=body)
+        assert r.status_code == 400 and "error" in r.json(), body
+    assert "model_repository" in triton_client.get_server_metadata()["extensions"]
+
+
 def tensor(shape, datatype="FP32", name="images", **fields) -> dict:
     return {"name": name, "shape": shape, "datatype": datatype, **fields}
 

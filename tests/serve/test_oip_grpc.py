@@ -55,6 +55,8 @@ def test_health_and_metadata_as_tritonclient_reads_them(triton_client, model_dir
     assert triton_client.get_server_metadata().name == "spot-artifacts"
     assert health_status(grpc_server.grpc) == health_status(grpc_server.grpc, "inference.GRPCInferenceService")
     assert health_status(grpc_server.grpc) == "SERVING"
+    index = triton_client.get_model_repository_index(as_json=True)
+    assert index == {"models": [{"name": "spot-tiny", "version": "1", "state": "READY"}]}
     size = json.loads((model_dir / "model.json").read_text())["input"]["shape"][-1]
     meta = triton_client.get_model_metadata("spot-tiny", as_json=True)
     assert meta["versions"] == ["1"] and meta["inputs"] == [
@@ -190,6 +192,11 @@ def test_without_a_model_it_is_live_not_ready_and_infer_is_unavailable(tmp_path)
         client = triton.InferenceServerClient(f"127.0.0.1:{port}")
         assert client.is_server_live() and not client.is_server_ready()
         assert health_status(f"127.0.0.1:{port}") == "NOT_SERVING"
+        (entry,) = client.get_model_repository_index(as_json=True)["models"]
+        assert entry["name"] == tmp_path.name and entry["state"] == "UNAVAILABLE" and "model.json" in entry["reason"]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # only the ready ones: none
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            assert not stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True)).models
         images = triton.InferInput("images", [1, 3, 64, 64], "FP32")
         images.set_data_from_numpy(np.zeros((1, 3, 64, 64), np.float32))
         with pytest.raises(InferenceServerException, match="model not loaded") as err:
