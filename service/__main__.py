@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging.config
 import os
 import signal
 import socket
@@ -53,7 +52,6 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["SPOT_GRPC_PORT"] = str(args.grpc_port)
     os.environ.setdefault("SPOT_GRPC_HOST", args.host)  # gRPC (SPOT_GRPC_PORT) listens where HTTP does
     settings = Settings()
-    logging.config.dictConfig(logging_config(settings.log_format))
     if settings.grpc_port and (why := in_use(settings.grpc_host, settings.grpc_port)):
         parser.error(f"gRPC port {settings.grpc_port} on {settings.grpc_host}: {why}")
     workers = resolve_workers(settings)
@@ -66,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=30,
         h11_max_incomplete_event_size=65536,
         access_log=settings.access_log,
-        log_config=logging_config(settings.log_format),
+        log_config=logging_config(settings.log_format),  # uvicorn applies it, in each worker too
     )
     if workers > 1:
         serve_workers(workers, options)

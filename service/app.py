@@ -110,8 +110,7 @@ class Guard:
         finally:
             route = scope.get("route")
             path = route.path if route else "unmatched"
-            self.metrics.requests.labels(path, str(status)).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+            self.metrics.observe_request(path, str(status), time.perf_counter() - started)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -153,7 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from . import oip_grpc  # grpcio and its stubs are loaded only when asked for
 
             count = metrics.images.labels(f"{oip_grpc.SERVICE}/ModelInfer").inc
-            servicer = oip_grpc.Servicer(hooks, authorized, observe_grpc, count)
+            servicer = oip_grpc.Servicer(hooks, authorized, metrics.observe_request, count)
             largest = oip_grpc.max_message_bytes(state["model"], settings.max_files, settings.max_body_bytes)
             address = oip_grpc.address(settings.grpc_host, settings.grpc_port)
             try:
@@ -215,11 +214,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def check_auth(request: Request) -> None:
         if not authorized(request.headers.get("authorization")):
             raise HTTPException(401, "missing or wrong API key (Authorization: Bearer <key>)")
-
-    def observe_grpc(method: str, code: str, seconds: float) -> None:
-        """gRPC calls in the same request metrics as HTTP routes, their status the gRPC code's name."""
-        metrics.requests.labels(method, code).inc()
-        metrics.latency.labels(method).observe(seconds)
 
     def submit(batch: np.ndarray, names: list[str]) -> asyncio.Future:
         """The job queued for the batcher, or a quick 503 when it is full."""

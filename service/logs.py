@@ -29,40 +29,36 @@ class AccessJson(JsonFormatter):
             log_data.update(client=client, method=method, path=path, http_version=http_version, status=status)
 
 
-TEXT = {  # uvicorn's lines with the request ID in brackets
-    "default": {
-        "()": "uvicorn.logging.DefaultFormatter",
-        "fmt": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s]: %(message)s",
-        "use_colors": None,
-    },
-    "access": {
-        "()": "uvicorn.logging.AccessFormatter",
-        "fmt": '%(asctime)s %(levelname)s %(client_addr)s - "%(request_line)s" %(status_code)s [%(correlation_id)s]',
-    },
-}
 # One JSON object a line (SPOT_LOG_FORMAT=json), for log collectors: the same fields as the text lines
 JSON_FIELDS = {"fmt": "%(asctime)s %(levelname)s %(name)s %(correlation_id)s %(message)s",
                "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger",
                                  "correlation_id": "request_id"}}  # fmt: skip
+FORMATTERS = {  # per SPOT_LOG_FORMAT; the names "default" and "access" are the ones uvicorn looks up
+    "text": {  # uvicorn's lines with the request ID in brackets
+        "default": {
+            "()": "uvicorn.logging.DefaultFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s]: %(message)s",
+            "use_colors": None,
+        },
+        "access": {
+            "()": "uvicorn.logging.AccessFormatter",
+            "fmt": '%(asctime)s %(levelname)s %(client_addr)s - "%(request_line)s" %(status_code)s [%(correlation_id)s]',
+        },
+    },
+    "json": {"default": {"()": JsonFormatter, **JSON_FIELDS}, "access": {"()": AccessJson, **JSON_FIELDS}},
+}
 
 
 def logging_config(log_format: str = "text") -> dict:
-    """uvicorn's logging (its formatters keep their names, which uvicorn looks up) plus the request ID, as
-    text lines or (`json`) one JSON object a line."""
+    """uvicorn's logging plus the request ID, as text lines or (`json`) one JSON object a line."""
+    if log_format not in FORMATTERS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATTERS)}, got {log_format!r}")
     handler = {"class": "logging.StreamHandler", "filters": ["request_id"]}
-    if log_format == "json":
-        formatters = copy.deepcopy(
-            {"default": {"()": JsonFormatter, **JSON_FIELDS}, "access": {"()": AccessJson, **JSON_FIELDS}}
-        )
-    elif log_format == "text":
-        formatters = copy.deepcopy(TEXT)  # dictConfig pops keys out of what it is given
-    else:
-        raise ValueError(f"log format must be text or json, got {log_format!r}")
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"request_id": {"()": CorrelationIdFilter, "default_value": "-"}},
-        "formatters": formatters,
+        "formatters": copy.deepcopy(FORMATTERS[log_format]),  # dictConfig pops keys out of what it is given
         "handlers": {
             "default": {**handler, "formatter": "default", "stream": "ext://sys.stderr"},
             "access": {**handler, "formatter": "access", "stream": "ext://sys.stdout"},

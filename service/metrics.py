@@ -42,6 +42,11 @@ class Metrics:
         )
         self._inference, self._queue = self.stage.labels("inference"), self.stage.labels("queue")
 
+    def observe_request(self, route: str, status: str, seconds: float) -> None:
+        """One HTTP request (status code) or gRPC call (status name), counted and timed under its route."""
+        self.requests.labels(route, status).inc()
+        self.latency.labels(route).observe(seconds)
+
     def observe_batch(self, batch_size: int, inference_s: float, queue_s: list[float]) -> None:
         self.batch_size.observe(batch_size)
         self._inference.observe(inference_s)

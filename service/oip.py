@@ -256,6 +256,16 @@ class Hooks:
     folder_name: str  # what the repository index calls the model when it could not be loaded
 
 
+def served(hooks: Hooks, name: str, version: str | None) -> ExportedModel:
+    """The loaded model when the request names it (any version: none, or gRPC's "", means the one served);
+    else a 404, or the 503 of a model not loaded."""
+    model = hooks.model()
+    if name != model.name or (version and version != model.version):
+        wanted = f"{name} version {version}" if version else name
+        raise HTTPException(404, f"model {wanted} is not served here; {model.name} version {model.version} is")
+    return model
+
+
 def repository_index(hooks: Hooks, ready_only: bool) -> list[dict]:
     """The model repository extension's index: the one model served, READY, or UNAVAILABLE with the reason."""
     try:
@@ -271,13 +281,6 @@ def router(hooks: Hooks) -> APIRouter:
 
     def as_error(exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
-
-    def served(name: str, version: str | None) -> ExportedModel:
-        model = hooks.model()
-        if name != model.name or version not in (None, model.version):
-            wanted = name if version is None else f"{name} version {version}"
-            raise HTTPException(404, f"model {wanted} is not served here; {model.name} version {model.version} is")
-        return model
 
     @routes.get("")
     async def server_metadata() -> dict:
@@ -312,13 +315,13 @@ def router(hooks: Hooks) -> APIRouter:
 
     async def metadata(request: Request, model_name: str, model_version: str | None):
         try:
-            return model_metadata(served(model_name, model_version))
+            return model_metadata(served(hooks, model_name, model_version))
         except HTTPException as exc:
             return as_error(exc)
 
     async def readiness(request: Request, model_name: str, model_version: str | None):
         try:
-            served(model_name, model_version)
+            served(hooks, model_name, model_version)
         except HTTPException as exc:
             return as_error(exc) if exc.status_code == 404 else Response(status_code=400)
         return Response(status_code=200)
@@ -326,7 +329,7 @@ def router(hooks: Hooks) -> APIRouter:
     async def infer(request: Request, model_name: str, model_version: str | None):
         try:
             hooks.check_auth(request)
-            model = served(model_name, model_version)
+            model = served(hooks, model_name, model_version)
             with hooks.batcher().arriving_request():  # the batcher may wait for this one
                 encoding = request.headers.get("content-encoding", "identity").strip().lower()
                 body = decompressed(await request.body(), encoding, hooks.max_body_bytes)

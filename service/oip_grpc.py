@@ -81,13 +81,6 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     ):
         self.hooks, self.authorized, self.observe, self.count_images = hooks, authorized, observe, count_images
 
-    def served(self, name: str, version: str) -> ExportedModel:
-        model = self.hooks.model()
-        if name != model.name or version not in ("", model.version):  # "" = the one served
-            wanted = name if not version else f"{name} version {version}"
-            raise HTTPException(404, f"model {wanted} is not served here; {model.name} version {model.version} is")
-        return model
-
     async def answer(self, method: str, context: grpc.aio.ServicerContext, work):
         """`work()`'s message, or the HTTPException it raised as the matching gRPC status; counted and timed
         under SERVICE/method like the HTTP routes, and named by an x-request-id (the caller's metadata when
@@ -131,7 +124,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request, context):
         async def work():
             try:
-                self.served(request.name, request.version)
+                oip.served(self.hooks, request.name, request.version)
             except HTTPException:  # not loaded, or another model: not ready, as Triton answers
                 return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=True)
@@ -148,7 +141,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context):
         async def work():
-            meta = oip.model_metadata(self.served(request.name, request.version))
+            meta = oip.model_metadata(oip.served(self.hooks, request.name, request.version))
             tensors = {
                 k: [pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta[k]] for k in ("inputs", "outputs")
             }
@@ -170,7 +163,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             metadata = dict(context.invocation_metadata() or ())
             if not self.authorized(metadata.get("authorization")):
                 raise HTTPException(401, "missing or wrong API key (metadata authorization: Bearer <key>)")
-            model = self.served(request.model_name, request.model_version)
+            model = oip.served(self.hooks, request.model_name, request.model_version)
             with self.hooks.batcher().arriving_request():  # the batcher may wait for this one
                 parse = lambda: input_batch(request, model, self.hooks.max_images)  # noqa: E731
                 # raw bytes are one copy; typed contents go number by number: not on the event loop
