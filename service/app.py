@@ -19,7 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, multiprocess
 
 from . import __version__, logs, oip, spot
 from .batcher import Batcher, QueueFull
@@ -27,6 +27,7 @@ from .config import Settings, get_settings, usable_cores
 from .features import encode, normalize, pool
 from .images import BadImage, open_image, to_array
 from .metrics import Metrics, forget_dead_workers
+from .statistics import model_statistics
 from .model import HEAD_OUTPUTS, ExportedModel, ModelError
 from .preprocess import centre_view, tiles
 from .requests import HEATMAP_FORMATS, feature_params, read_images, spot_params
@@ -137,10 +138,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 model,
                 settings.max_batch_size,
                 settings.max_batch_delay_ms,
-                metrics.observe_batch,
+                metrics.observe_run,
                 settings.max_queue_images,
                 settings.adaptive_batch_delay,
                 metrics.pending.set,
+                metrics.observe_failed,
             )
             state["batcher"].start()
             metrics.model_info.labels(model.name, model.version, model.provider).set(1)
@@ -258,6 +260,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_images=settings.max_files,
         max_body_bytes=settings.max_body_bytes,
         folder_name=Path(settings.model_dir).name,
+        statistics=lambda model: model_statistics(metrics.readable(), model.name, model.version),
+        max_run_images=settings.max_batch_size,
+        max_batch_delay_ms=settings.max_batch_delay_ms,
     )
     app.include_router(oip.router(hooks))
 
@@ -279,11 +284,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", tags=["health"])
     async def prometheus_metrics() -> Response:
-        registry = metrics.registry
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several workers (SPOT_WORKERS): add up all of them
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(metrics.readable()), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/models", tags=["models"])
     async def models() -> dict:

@@ -22,6 +22,19 @@ from .model import ExportedModel
 
 
 @dataclass
+class Run:
+    """One batch through the model, as the metrics record it: the phases of Triton's statistics extension.
+    A batch's own phases count for every request in it, as Triton counts them."""
+
+    size: int  # images in the batch
+    input_s: float  # the jobs' tensors gathered into one batch
+    infer_s: float  # ONNX Runtime (in chunks of max_batch_size for one request larger than that)
+    output_s: float  # the outputs cut back into each job's share
+    queue_s: list[float]  # per job: queued -> its batch started
+    total_s: list[float]  # per job: queued -> answered
+
+
+@dataclass
 class Job:
     inputs: np.ndarray  # [k, 3, H, W]
     names: list[str]
@@ -43,6 +56,7 @@ class Batcher:
         max_queue: int = 0,
         adaptive_delay: bool = True,
         on_queued=None,
+        on_failed=None,
     ):
         self.model = model
         self.on_queued = on_queued or (lambda images: None)  # metrics hook: images waiting, after each change
@@ -51,7 +65,8 @@ class Batcher:
         self.max_batch_size = max(1, max_batch_size)
         self.delay = max(0.0, max_batch_delay_ms) / 1000
         self.adaptive_delay = adaptive_delay
-        self.observe = observe or (lambda **_: None)  # metrics hook: batch size, queue and inference time
+        self.observe = observe or (lambda run: None)  # metrics hook: each Run
+        self.on_failed = on_failed or (lambda seconds: None)  # metrics hook: failed jobs' time since queued
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.task: asyncio.Task | None = None
@@ -119,30 +134,41 @@ class Batcher:
             jobs = await self._collect()
             self.queued -= sum(len(j.inputs) for j in jobs)
             self.on_queued(self.queued)
+            started = time.perf_counter()
+            if dropped := [started - j.queued_at for j in jobs if j.future.cancelled()]:
+                self.on_failed(dropped)  # timed out (a 504) before their turn
             jobs = [j for j in jobs if not j.future.cancelled()]
             if not jobs:
                 continue
             names = sorted({n for j in jobs for n in j.names})
             batch = np.concatenate([j.inputs for j in jobs])
-            started = time.perf_counter()
+            gathered = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(self.executor, self._run_chunked, batch, names)
             except Exception as exc:  # noqa: BLE001 - hand the failure to every waiting request
                 for j in jobs:
                     if not j.future.done():
                         j.future.set_exception(exc)
+                self.on_failed([time.perf_counter() - j.queued_at for j in jobs])
                 continue
-            self.observe(
-                batch_size=len(batch),
-                inference_s=time.perf_counter() - started,
-                queue_s=[started - j.queued_at for j in jobs],
-            )
+            ran = time.perf_counter()
             offset = 0
             for j in jobs:
                 k = len(j.inputs)
                 if not j.future.done():
                     j.future.set_result({n: outputs[n][offset : offset + k] for n in j.names})
                 offset += k
+            done = time.perf_counter()
+            self.observe(
+                Run(
+                    size=len(batch),
+                    input_s=gathered - started,
+                    infer_s=ran - gathered,
+                    output_s=done - ran,
+                    queue_s=[started - j.queued_at for j in jobs],
+                    total_s=[done - j.queued_at for j in jobs],
+                )
+            )
 
     def _run_chunked(self, batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
         """One request larger than max_batch_size (a big photo's tiles) runs in chunks."""

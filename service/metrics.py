@@ -1,6 +1,7 @@
 """Prometheus metrics: requests by route and status, latency split queue / preprocess / inference,
-batch sizes, images processed and waiting, and which model and execution provider serve. One registry per
-app; with several workers (SPOT_WORKERS) the multiprocess modes say how their gauges add up."""
+batch sizes, images processed and waiting, which model and execution provider serve, and the counters that
+Triton's statistics extension reads (statistics.py). One registry per app; with several workers
+(SPOT_WORKERS) the multiprocess modes say how their gauges add up."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+
+from .batcher import Run
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -41,17 +44,74 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self._inference, self._queue = self.stage.labels("inference"), self.stage.labels("queue")
+        # Triton's per-model statistics (GET /v2/models/<name>/stats): counters, so that workers add up
+        self.model_requests = Counter(
+            "spot_model_requests", "Requests that reached the model, by outcome", ["outcome"], registry=self.registry
+        )
+        self.model_request_seconds = Counter(
+            "spot_model_request_seconds",
+            "Their time from queued to answered, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.model_phase_seconds = Counter(
+            "spot_model_phase_seconds",
+            "Successful requests' time per phase (queue, compute_input, compute_infer, compute_output); a "
+            "batch's compute phases count for each request in it",
+            ["phase"],
+            registry=self.registry,
+        )
+        self.model_executions = Counter(
+            "spot_model_executions", "Batches run, by images in the batch", ["batch_size"], registry=self.registry
+        )
+        self.model_execution_seconds = Counter(
+            "spot_model_execution_seconds",
+            "Their time per phase (compute_input, compute_infer, compute_output), by images in the batch",
+            ["batch_size", "phase"],
+            registry=self.registry,
+        )
+        self.last_inference = Gauge(
+            "spot_model_last_inference_timestamp_seconds",
+            "When the model last answered (Unix time)",
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
 
     def observe_request(self, route: str, status: str, seconds: float) -> None:
         """One HTTP request (status code) or gRPC call (status name), counted and timed under its route."""
         self.requests.labels(route, status).inc()
         self.latency.labels(route).observe(seconds)
 
-    def observe_batch(self, batch_size: int, inference_s: float, queue_s: list[float]) -> None:
-        self.batch_size.observe(batch_size)
-        self._inference.observe(inference_s)
-        for q in queue_s:
+    def observe_run(self, run: Run) -> None:
+        """One batch through the model: the histograms, and Triton's statistics for it and its requests."""
+        self.batch_size.observe(run.size)
+        self._inference.observe(run.infer_s)
+        for q in run.queue_s:
             self._queue.observe(q)
+        self.model_requests.labels("success").inc(len(run.total_s))
+        self.model_request_seconds.labels("success").inc(sum(run.total_s))
+        self.model_phase_seconds.labels("queue").inc(sum(run.queue_s))
+        size = str(run.size)
+        self.model_executions.labels(size).inc()
+        for phase, seconds in (("compute_input", run.input_s), ("compute_infer", run.infer_s),
+                               ("compute_output", run.output_s)):  # fmt: skip
+            self.model_phase_seconds.labels(phase).inc(seconds * len(run.total_s))
+            self.model_execution_seconds.labels(size, phase).inc(seconds)
+        self.last_inference.set_to_current_time()
+
+    def observe_failed(self, seconds: list[float]) -> None:
+        """Requests the model did not answer: it failed, or they timed out waiting."""
+        self.model_requests.labels("fail").inc(len(seconds))
+        self.model_request_seconds.labels("fail").inc(sum(seconds))
+
+    def readable(self) -> CollectorRegistry:
+        """What /metrics and the statistics read: this process's registry, or with several workers
+        (PROMETHEUS_MULTIPROC_DIR) all of theirs added up."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return self.registry
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
 
 
 def forget_dead_workers() -> None:

@@ -29,7 +29,11 @@ INLINE_BYTES = 1 << 18  # bodies up to this size are parsed on the event loop; b
 # Room per number for a JSON tensor ("-1.2345678806304932e-05, " is 25 characters, brackets come on top): bounds
 # its text before it is parsed, which takes about 40 times the text in memory.
 CHARS_PER_NUMBER = 32
-SERVER = {"name": "spot-artifacts", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
+SERVER = {
+    "name": "spot-artifacts",
+    "version": __version__,
+    "extensions": ["binary_tensor_data", "model_repository", "model_configuration", "statistics"],
+}
 
 
 class InputTensor(BaseModel):
@@ -103,6 +107,37 @@ def model_metadata(model: ExportedModel) -> dict:
         "inputs": [{"name": spec["name"], "datatype": "FP32", "shape": dims(spec["shape"])}],
         "outputs": [{"name": o["name"], "datatype": "FP32", "shape": dims(o["shape"])} for o in model.meta["outputs"]],
     }
+
+
+def model_config(model: ExportedModel, hooks: "Hooks") -> dict:
+    """The model as Triton's model configuration extension describes one (config.pbtxt as JSON, what
+    tritonclient's get_model_config and Triton's tools read). max_batch_size is what one request may carry
+    (SPOT_MAX_FILES); the batcher runs up to SPOT_MAX_BATCH_SIZE images together (parameters)."""
+    spec = model.meta["input"]
+    config = {
+        "name": model.name,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "max_batch_size": hooks.max_images,
+        "input": [{"name": spec["name"], "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": spec["shape"][1:]}],
+        "output": [
+            {"name": o["name"], "data_type": "TYPE_FP32", "dims": o["shape"][1:]} for o in model.meta["outputs"]
+        ],
+        "instance_group": [
+            {
+                "name": model.name,
+                "count": 1,
+                "kind": "KIND_CPU" if model.provider == "CPUExecutionProvider" else "KIND_GPU",
+            }
+        ],
+        "parameters": {
+            "max_images_per_run": {"string_value": str(hooks.max_run_images)},
+            "execution_provider": {"string_value": model.provider},
+        },
+    }
+    if hooks.max_run_images > 1:  # SPOT_MAX_BATCH_SIZE=1 is batching off
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": round(hooks.max_batch_delay_ms * 1000)}
+    return config
 
 
 def flag(parameters: dict, key: str, default: bool) -> bool:
@@ -254,6 +289,9 @@ class Hooks:
     max_images: int
     max_body_bytes: int
     folder_name: str  # what the repository index calls the model when it could not be loaded
+    statistics: Callable[[ExportedModel], dict]  # Triton's $model_stat for the model, all workers added up
+    max_run_images: int  # SPOT_MAX_BATCH_SIZE: images per ONNX Runtime run
+    max_batch_delay_ms: float
 
 
 def served(hooks: Hooks, name: str, version: str | None) -> ExportedModel:
@@ -264,6 +302,17 @@ def served(hooks: Hooks, name: str, version: str | None) -> ExportedModel:
         wanted = f"{name} version {version}" if version else name
         raise HTTPException(404, f"model {wanted} is not served here; {model.name} version {model.version} is")
     return model
+
+
+def model_stats(hooks: Hooks, name: str | None, version: str | None = None) -> list[dict]:
+    """Triton's statistics of the model named; with no name, of every model served: the one, or none while
+    it is not loaded."""
+    if name:
+        return [hooks.statistics(served(hooks, name, version))]
+    try:
+        return [hooks.statistics(hooks.model())]
+    except HTTPException:
+        return []
 
 
 def repository_index(hooks: Hooks, ready_only: bool) -> list[dict]:
@@ -361,6 +410,25 @@ def router(hooks: Hooks) -> APIRouter:
         except HTTPException as exc:
             return as_error(exc)
 
+    async def config(request: Request, model_name: str, model_version: str | None):
+        try:
+            return model_config(served(hooks, model_name, model_version), hooks)  # as Triton: no wrapper
+        except HTTPException as exc:
+            return as_error(exc)
+
+    async def statistics(request: Request, model_name: str, model_version: str | None):
+        try:
+            return {"model_stats": model_stats(hooks, model_name, model_version)}
+        except HTTPException as exc:
+            return as_error(exc)
+
+    @routes.get("/models/stats", summary="Statistics of every model (Triton's extension)")
+    async def all_statistics():
+        """Every model served: the one, or none while it is not loaded."""
+        return {"model_stats": model_stats(hooks, None)}
+
+    both("GET", "/stats", statistics, "Model statistics (Triton's extension)")
+    both("GET", "/config", config, "Model configuration (Triton's extension)")
     both("GET", "", metadata, "Model metadata")
     both("GET", "/ready", readiness, "Model ready: 200, else 400")
     both("POST", "/infer", infer, "Inference", openapi_extra=INFER_BODY, dependencies=[Depends(header_documented)])

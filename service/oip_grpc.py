@@ -18,6 +18,7 @@ import numpy as np
 from asgi_correlation_id import correlation_id
 from fastapi import HTTPException
 from fastapi.concurrency import run_in_threadpool
+from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
@@ -157,6 +158,20 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.RepositoryIndexResponse(models=models)
 
         return await self.answer("RepositoryIndex", context, work)
+
+    async def ModelConfig(self, request, context):
+        async def work():
+            config = oip.model_config(oip.served(self.hooks, request.name, request.version), self.hooks)
+            return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
+
+        return await self.answer("ModelConfig", context, work)
+
+    async def ModelStatistics(self, request, context):
+        async def work():
+            stats = oip.model_stats(self.hooks, request.name, request.version)  # no name: every model
+            return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
+
+        return await self.answer("ModelStatistics", context, work)
 
     async def ModelInfer(self, request, context):
         async def work():

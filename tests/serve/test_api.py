@@ -727,6 +727,9 @@ def test_two_workers_serve_one_port_and_metrics_add_up(model_dir):
             info = [line for line in text.splitlines() if line.startswith("spot_model_info{")]
             assert info == ['spot_model_info{model="spot-tiny",provider="CPUExecutionProvider",version="1"} 1.0']
             assert "spot_pending_images 0.0" in text  # the workers' gauges added up: one series
+            [stats] = c.get("/v2/models/spot-tiny/stats").json()["model_stats"]  # Triton's statistics: both workers'
+            assert stats["inference_count"] == 40 and stats["inference_stats"]["success"]["count"] == 40
+            assert stats["execution_count"] == sum(b["compute_infer"]["count"] for b in stats["batch_stats"])
     finally:
         s.proc.send_signal(signal.SIGTERM)
         assert s.proc.wait(30) == 0

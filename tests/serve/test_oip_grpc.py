@@ -180,12 +180,14 @@ def test_the_api_key_guards_infer_and_raw_bytes_must_match_the_shape(triton_clie
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(big, metadata=tuple(KEY.items()))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        with pytest.raises(grpc.RpcError) as err:  # Triton's extras beyond the protocol
-            stub.ModelStatistics(pb.ModelStatisticsRequest(name="spot-tiny"))
+        with pytest.raises(grpc.RpcError) as err:  # Triton's extras not offered: loading models
+            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="spot-tiny"), metadata=tuple(KEY.items()))
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_without_a_model_it_is_live_not_ready_and_infer_is_unavailable(tmp_path):
+    import httpx
+
     port = free_port()
     s = Server(tmp_path, grpc_port=str(port))  # an empty folder: no model
     try:
@@ -197,6 +199,11 @@ def test_without_a_model_it_is_live_not_ready_and_infer_is_unavailable(tmp_path)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # only the ready ones: none
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             assert not stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True)).models
+            assert not stub.ModelStatistics(pb.ModelStatisticsRequest()).model_stats  # every model: none
+        assert httpx.get(f"{s.url}/v2/models/stats").json() == {"model_stats": []}
+        for path in ("/v2/models/spot-tiny/stats", "/v2/models/spot-tiny/config"):
+            r = httpx.get(f"{s.url}{path}")
+            assert r.status_code == 503 and "model not loaded" in r.json()["error"]
         images = triton.InferInput("images", [1, 3, 64, 64], "FP32")
         images.set_data_from_numpy(np.zeros((1, 3, 64, 64), np.float32))
         with pytest.raises(InferenceServerException, match="model not loaded") as err:
