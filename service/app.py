@@ -222,6 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             return state["batcher"].submit(batch, names)
         except QueueFull as exc:
+            metrics.observe_failed([0.0])  # rejected at once: a failed request in Triton's statistics
             raise HTTPException(503, f"overloaded: {exc}; retry shortly", headers={"Retry-After": "1"}) from None
 
     async def result(job: asyncio.Future) -> dict[str, np.ndarray]:
@@ -263,6 +264,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         statistics=lambda model: model_statistics(metrics.readable(), model.name, model.version),
         max_run_images=settings.max_batch_size,
         max_batch_delay_ms=settings.max_batch_delay_ms,
+        instances=max(1, settings.workers),  # python -m service sets SPOT_WORKERS to the number it started
     )
     app.include_router(oip.router(hooks))
 

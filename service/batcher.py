@@ -30,8 +30,9 @@ class Run:
     input_s: float  # the jobs' tensors gathered into one batch
     infer_s: float  # ONNX Runtime (in chunks of max_batch_size for one request larger than that)
     output_s: float  # the outputs cut back into each job's share
-    queue_s: list[float]  # per job: queued -> its batch started
-    total_s: list[float]  # per job: queued -> answered
+    queue_s: list[float]  # per job answered (not cancelled while the batch ran): queued -> its batch started
+    total_s: list[float]  # per job answered: queued -> answered
+    answered_images: int
 
 
 @dataclass
@@ -66,7 +67,8 @@ class Batcher:
         self.delay = max(0.0, max_batch_delay_ms) / 1000
         self.adaptive_delay = adaptive_delay
         self.observe = observe or (lambda run: None)  # metrics hook: each Run
-        self.on_failed = on_failed or (lambda seconds: None)  # metrics hook: failed jobs' time since queued
+        # metrics hook: the time since queued of jobs not answered (the model failed; or cancelled: timed out)
+        self.on_failed = on_failed or (lambda seconds: None)
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.task: asyncio.Task | None = None
@@ -96,6 +98,7 @@ class Batcher:
         if self.max_queue and self.queued + len(inputs) > self.max_queue:
             raise QueueFull(f"{self.queued} images are waiting (limit {self.max_queue})")
         job = Job(inputs, names, asyncio.get_running_loop().create_future())
+        job.future.add_done_callback(lambda f: f.cancelled() and self.on_failed([time.perf_counter() - job.queued_at]))
         self.queued += len(inputs)
         self.on_queued(self.queued)
         self.queue.put_nowait(job)
@@ -135,9 +138,7 @@ class Batcher:
             self.queued -= sum(len(j.inputs) for j in jobs)
             self.on_queued(self.queued)
             started = time.perf_counter()
-            if dropped := [started - j.queued_at for j in jobs if j.future.cancelled()]:
-                self.on_failed(dropped)  # timed out (a 504) before their turn
-            jobs = [j for j in jobs if not j.future.cancelled()]
+            jobs = [j for j in jobs if not j.future.cancelled()]  # timed out (a 504): counted as they were cancelled
             if not jobs:
                 continue
             names = sorted({n for j in jobs for n in j.names})
@@ -146,17 +147,18 @@ class Batcher:
             try:
                 outputs = await loop.run_in_executor(self.executor, self._run_chunked, batch, names)
             except Exception as exc:  # noqa: BLE001 - hand the failure to every waiting request
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
-                self.on_failed([time.perf_counter() - j.queued_at for j in jobs])
+                failed = [j for j in jobs if not j.future.done()]
+                for j in failed:
+                    j.future.set_exception(exc)
+                self.on_failed([time.perf_counter() - j.queued_at for j in failed])
                 continue
             ran = time.perf_counter()
-            offset = 0
+            answered, offset = [], 0
             for j in jobs:
                 k = len(j.inputs)
-                if not j.future.done():
+                if not j.future.done():  # else cancelled while the batch ran
                     j.future.set_result({n: outputs[n][offset : offset + k] for n in j.names})
+                    answered.append(j)
                 offset += k
             done = time.perf_counter()
             self.observe(
@@ -165,8 +167,9 @@ class Batcher:
                     input_s=gathered - started,
                     infer_s=ran - gathered,
                     output_s=done - ran,
-                    queue_s=[started - j.queued_at for j in jobs],
-                    total_s=[done - j.queued_at for j in jobs],
+                    queue_s=[started - j.queued_at for j in answered],
+                    total_s=[done - j.queued_at for j in answered],
+                    answered_images=sum(len(j.inputs) for j in answered),
                 )
             )
 

@@ -61,6 +61,9 @@ class Metrics:
             ["phase"],
             registry=self.registry,
         )
+        self.model_inferences = Counter(
+            "spot_model_inferences", "Model inputs answered (images; a photo's tiles for /spot)", registry=self.registry
+        )
         self.model_executions = Counter(
             "spot_model_executions", "Batches run, by images in the batch", ["batch_size"], registry=self.registry
         )
@@ -89,6 +92,7 @@ class Metrics:
         for q in run.queue_s:
             self._queue.observe(q)
         self.model_requests.labels("success").inc(len(run.total_s))
+        self.model_inferences.inc(run.answered_images)
         self.model_request_seconds.labels("success").inc(sum(run.total_s))
         self.model_phase_seconds.labels("queue").inc(sum(run.queue_s))
         size = str(run.size)

@@ -109,24 +109,30 @@ def model_metadata(model: ExportedModel) -> dict:
     }
 
 
+def config_tensor(spec: dict) -> dict:
+    """An input or output as config.pbtxt declares it: without the batch axis; one that is only the batch
+    axis (real_logit) as dims [1] reshaped to [], Triton's convention (as deploy/triton's generator)."""
+    dims = spec["shape"][1:]
+    tensor = {"name": spec["name"], "data_type": "TYPE_FP32", "dims": dims or [1]}
+    return tensor if dims else tensor | {"reshape": {"shape": []}}
+
+
 def model_config(model: ExportedModel, hooks: "Hooks") -> dict:
     """The model as Triton's model configuration extension describes one (config.pbtxt as JSON, what
     tritonclient's get_model_config and Triton's tools read). max_batch_size is what one request may carry
-    (SPOT_MAX_FILES); the batcher runs up to SPOT_MAX_BATCH_SIZE images together (parameters)."""
-    spec = model.meta["input"]
+    (SPOT_MAX_FILES); the batcher runs up to SPOT_MAX_BATCH_SIZE images together (under parameters, and
+    batch_stats may show more: a big photo's tiles), in one instance per worker process."""
     config = {
         "name": model.name,
         "platform": "onnxruntime_onnx",
         "backend": "onnxruntime",
         "max_batch_size": hooks.max_images,
-        "input": [{"name": spec["name"], "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": spec["shape"][1:]}],
-        "output": [
-            {"name": o["name"], "data_type": "TYPE_FP32", "dims": o["shape"][1:]} for o in model.meta["outputs"]
-        ],
+        "input": [config_tensor(model.meta["input"]) | {"format": "FORMAT_NCHW"}],
+        "output": [config_tensor(o) for o in model.meta["outputs"]],
         "instance_group": [
             {
                 "name": model.name,
-                "count": 1,
+                "count": hooks.instances,
                 "kind": "KIND_CPU" if model.provider == "CPUExecutionProvider" else "KIND_GPU",
             }
         ],
@@ -292,6 +298,7 @@ class Hooks:
     statistics: Callable[[ExportedModel], dict]  # Triton's $model_stat for the model, all workers added up
     max_run_images: int  # SPOT_MAX_BATCH_SIZE: images per ONNX Runtime run
     max_batch_delay_ms: float
+    instances: int  # worker processes, each with its own session and batcher
 
 
 def served(hooks: Hooks, name: str, version: str | None) -> ExportedModel:

@@ -3,10 +3,11 @@ counters of metrics.py, so that with several workers the numbers are the server'
 
 What counts, as in Triton: a request is one that reached the model (a /features, /spot or infer request,
 HTTP or gRPC), from the moment its tensor joined the queue (decoding an upload comes before, as Triton's
-front end parses a request before its core sees it); an execution is one batch the batcher formed (a single
-request larger than SPOT_MAX_BATCH_SIZE, a big photo's tiles, runs as one execution in several ONNX
-Runtime runs); inference_count is images. The service has no response cache: cache_hit and cache_miss
-stay 0."""
+front end parses a request before its core sees it) until it was answered; it failed when the model failed,
+when it timed out (a 504: counted as it happens) or when the queue was full (a 503). An execution is one
+batch the batcher formed (a single request larger than SPOT_MAX_BATCH_SIZE, a big photo's tiles, runs as
+one execution in several ONNX Runtime runs); inference_count is the model inputs answered: images, and
+for /spot a photo's tiles. The service has no response cache: cache_hit and cache_miss stay 0."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def model_statistics(registry: CollectorRegistry, name: str, version: str) -> di
         "name": name,
         "version": version,
         "last_inference": int(last * 1000),  # milliseconds since the epoch; 0 = none yet
-        "inference_count": int(sum(size * count for size, count in executions.items())),
+        "inference_count": int(total("spot_model_inferences_total")),
         "execution_count": int(sum(executions.values())),
         "inference_stats": inference,
         "batch_stats": batches,

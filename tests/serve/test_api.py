@@ -621,6 +621,9 @@ def test_overload_is_a_quick_503_with_retry_after_and_visible_in_metrics(model_d
                     assert took < 0.25  # refused at once, not after the batch delay
             assert c.get("/readyz").json()["ready"] is True
             assert 'spot_requests_total{route="/features",status="503"}' in c.get("/metrics").text
+            [stats] = c.get("/v2/models/spot-tiny/stats").json()["model_stats"]  # a rejection is a failure there
+            assert stats["inference_stats"]["fail"]["count"] == codes.count(503)
+            assert stats["inference_stats"]["success"]["count"] == stats["inference_count"] == codes.count(200)
             r = c.post("/spot", files=[("files", ("a.png", data, "image/png"))])
             assert r.status_code == 200 and r.json()["threshold"] == 0.9  # SPOT_THRESHOLD overrides the model's
     finally:
@@ -640,6 +643,13 @@ def test_a_request_waiting_too_long_is_a_504_and_the_server_goes_on(model_dir):
             assert r.status_code == 504 and "0.05 s" in r.json()["detail"]
             assert c.get("/readyz").json()["ready"] is True
             assert 'spot_requests_total{route="/features",status="504"} 1.0' in c.get("/metrics").text
+            [stats] = c.get("/v2/models/spot-tiny/stats").json()["model_stats"]
+            fail = stats["inference_stats"]["fail"]  # counted as it timed out, not when its batch came 0.35 s later
+            assert (
+                fail["count"] == 1
+                and 0.05e9 <= fail["ns"] < 0.3e9
+                and stats["inference_stats"]["success"]["count"] == 0
+            )
     finally:
         s.stop()
 
@@ -706,6 +716,7 @@ def test_slow_clients_do_not_starve_the_others(server, client):
 
 def test_two_workers_serve_one_port_and_metrics_add_up(model_dir):
     import signal
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
@@ -718,6 +729,7 @@ def test_two_workers_serve_one_port_and_metrics_add_up(model_dir):
         with httpx.Client(base_url=s.url, timeout=30) as c:
             children = [int(p) for p in open(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children").read().split()]
             assert len(children) >= 2  # the supervisor and its workers (and multiprocessing's tracker)
+            started = time.time()
             with ThreadPoolExecutor(8) as pool:
                 post = lambda _: c.post("/features", files=[("files", ("a.png", data, "image/png"))])  # noqa: E731
                 assert [r.status_code for r in pool.map(post, range(40))] == [200] * 40
@@ -728,8 +740,11 @@ def test_two_workers_serve_one_port_and_metrics_add_up(model_dir):
             assert info == ['spot_model_info{model="spot-tiny",provider="CPUExecutionProvider",version="1"} 1.0']
             assert "spot_pending_images 0.0" in text  # the workers' gauges added up: one series
             [stats] = c.get("/v2/models/spot-tiny/stats").json()["model_stats"]  # Triton's statistics: both workers'
-            assert stats["inference_count"] == 40 and stats["inference_stats"]["success"]["count"] == 40
-            assert stats["execution_count"] == sum(b["compute_infer"]["count"] for b in stats["batch_stats"])
+            inference = stats["inference_stats"]
+            assert stats["inference_count"] == inference["success"]["count"] == inference["queue"]["count"] == 40
+            assert 0 < stats["execution_count"] <= 40 and inference["compute_infer"]["ns"] > 0
+            assert started * 1000 <= stats["last_inference"] <= time.time() * 1000  # the latest, not a sum
+            assert c.get("/v2/models/spot-tiny/config").json()["instance_group"][0]["count"] == 2
     finally:
         s.proc.send_signal(signal.SIGTERM)
         assert s.proc.wait(30) == 0
