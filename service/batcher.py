@@ -26,13 +26,21 @@ class Run:
     """One batch through the model, as the metrics record it: the phases of Triton's statistics extension.
     A batch's own phases count for every request in it, as Triton counts them."""
 
-    size: int  # images in the batch
     input_s: float  # the jobs' tensors gathered into one batch
-    infer_s: float  # ONNX Runtime (in chunks of max_batch_size for one request larger than that)
+    executions: list[tuple[int, float]]  # (images, seconds) per ONNX Runtime run: one, or for a request larger
+    # than max_batch_size (a big photo's tiles) one per chunk of at most max_batch_size
     output_s: float  # the outputs cut back into each job's share
     queue_s: list[float]  # per job answered (not cancelled while the batch ran): queued -> its batch started
     total_s: list[float]  # per job answered: queued -> answered
     answered_images: int
+
+    @property
+    def size(self) -> int:
+        return sum(images for images, _ in self.executions)
+
+    @property
+    def infer_s(self) -> float:
+        return sum(seconds for _, seconds in self.executions)
 
 
 @dataclass
@@ -145,15 +153,14 @@ class Batcher:
             batch = np.concatenate([j.inputs for j in jobs])
             gathered = time.perf_counter()
             try:
-                outputs = await loop.run_in_executor(self.executor, self._run_chunked, batch, names)
+                outputs, executions = await loop.run_in_executor(self.executor, self._run_chunked, batch, names)
             except Exception as exc:  # noqa: BLE001 - hand the failure to every waiting request
                 failed = [j for j in jobs if not j.future.done()]
                 for j in failed:
                     j.future.set_exception(exc)
                 self.on_failed([time.perf_counter() - j.queued_at for j in failed])
                 continue
-            ran = time.perf_counter()
-            answered, offset = [], 0
+            answered, offset, ran = [], 0, time.perf_counter()
             for j in jobs:
                 k = len(j.inputs)
                 if not j.future.done():  # else cancelled while the batch ran
@@ -163,9 +170,8 @@ class Batcher:
             done = time.perf_counter()
             self.observe(
                 Run(
-                    size=len(batch),
                     input_s=gathered - started,
-                    infer_s=ran - gathered,
+                    executions=executions,
                     output_s=done - ran,
                     queue_s=[started - j.queued_at for j in answered],
                     total_s=[done - j.queued_at for j in answered],
@@ -173,9 +179,12 @@ class Batcher:
                 )
             )
 
-    def _run_chunked(self, batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-        """One request larger than max_batch_size (a big photo's tiles) runs in chunks."""
-        parts = [
-            self.model.run(batch[i : i + self.max_batch_size], names) for i in range(0, len(batch), self.max_batch_size)
-        ]
-        return {n: np.concatenate([p[n] for p in parts]) for n in names}
+    def _run_chunked(self, batch: np.ndarray, names: list[str]):
+        """The outputs, and (images, seconds) per ONNX Runtime run: one request larger than max_batch_size (a
+        big photo's tiles) runs in chunks."""
+        parts, executions = [], []
+        for i in range(0, len(batch), self.max_batch_size):
+            started = time.perf_counter()
+            parts.append(self.model.run(batch[i : i + self.max_batch_size], names))
+            executions.append((min(self.max_batch_size, len(batch) - i), time.perf_counter() - started))
+        return {n: np.concatenate([p[n] for p in parts]) for n in names}, executions

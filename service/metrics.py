@@ -86,21 +86,28 @@ class Metrics:
         self.latency.labels(route).observe(seconds)
 
     def observe_run(self, run: Run) -> None:
-        """One batch through the model: the histograms, and Triton's statistics for it and its requests."""
-        self.batch_size.observe(run.size)
+        """One batch through the model: the histograms, and Triton's statistics for it and its requests. An
+        execution is one ONNX Runtime run (so batch sizes stay within SPOT_MAX_BATCH_SIZE); a chunked batch's
+        gathering and handing out are shared among its runs by images."""
+        for images, _ in run.executions:
+            self.batch_size.observe(images)
         self._inference.observe(run.infer_s)
         for q in run.queue_s:
             self._queue.observe(q)
-        self.model_requests.labels("success").inc(len(run.total_s))
-        self.model_inferences.inc(run.answered_images)
+        answered = len(run.total_s)
+        self.model_requests.labels("success").inc(answered)
         self.model_request_seconds.labels("success").inc(sum(run.total_s))
+        self.model_inferences.inc(run.answered_images)
+        phases = {"compute_input": run.input_s, "compute_infer": run.infer_s, "compute_output": run.output_s}
         self.model_phase_seconds.labels("queue").inc(sum(run.queue_s))
-        size = str(run.size)
-        self.model_executions.labels(size).inc()
-        for phase, seconds in (("compute_input", run.input_s), ("compute_infer", run.infer_s),
-                               ("compute_output", run.output_s)):  # fmt: skip
-            self.model_phase_seconds.labels(phase).inc(seconds * len(run.total_s))
-            self.model_execution_seconds.labels(size, phase).inc(seconds)
+        for phase, seconds in phases.items():
+            self.model_phase_seconds.labels(phase).inc(seconds * answered)
+        for images, seconds in run.executions:
+            size, share = str(images), images / run.size
+            self.model_executions.labels(size).inc()
+            self.model_execution_seconds.labels(size, "compute_input").inc(run.input_s * share)
+            self.model_execution_seconds.labels(size, "compute_infer").inc(seconds)
+            self.model_execution_seconds.labels(size, "compute_output").inc(run.output_s * share)
         self.last_inference.set_to_current_time()
 
     def observe_failed(self, seconds: list[float]) -> None:

@@ -5,9 +5,9 @@ What counts, as in Triton: a request is one that reached the model (a /features,
 HTTP or gRPC), from the moment its tensor joined the queue (decoding an upload comes before, as Triton's
 front end parses a request before its core sees it) until it was answered; it failed when the model failed,
 when it timed out (a 504: counted as it happens) or when the queue was full (a 503). An execution is one
-batch the batcher formed (a single request larger than SPOT_MAX_BATCH_SIZE, a big photo's tiles, runs as
-one execution in several ONNX Runtime runs); inference_count is the model inputs answered: images, and
-for /spot a photo's tiles. The service has no response cache: cache_hit and cache_miss stay 0."""
+ONNX Runtime run, of at most SPOT_MAX_BATCH_SIZE images (a big photo's tiles take several);
+inference_count is the model inputs answered: images, and for /spot a photo's tiles. The service has no
+response cache: cache_hit and cache_miss stay 0."""
 
 from __future__ import annotations
 
