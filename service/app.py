@@ -219,6 +219,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def submit(batch: np.ndarray, names: list[str]) -> asyncio.Future:
         """The job queued for the batcher, or a quick 503 when it is full."""
+        if settings.max_queue_images and len(batch) > settings.max_queue_images:  # never fits: not a 503
+            raise HTTPException(
+                413,
+                f"the request needs {len(batch)} model inputs (images, or a photo's tiles for /spot); at most "
+                f"{settings.max_queue_images} can wait for the model at once: send fewer images per request",
+            )
         try:
             return state["batcher"].submit(batch, names)
         except QueueFull as exc:
@@ -352,9 +358,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 per_image = []
                 for name, img in images:
                     rgb = to_array(img, name)
-                    t, positions, covered = tiles(rgb, model.size)
-                    if len(t) > settings.max_tiles:
-                        raise HTTPException(413, f"{name}: {len(t)} tiles exceed the limit of {settings.max_tiles}")
+                    t, positions, covered = tiles(rgb, model.size, settings.max_tiles)  # scaled down to fit
+                    if len(t) > settings.max_tiles:  # too long and thin to fit at any size
+                        h, w = covered.shape[:2]
+                        raise HTTPException(
+                            413, f"{name}: {len(t)} tiles even at {w}x{h} exceed the limit of {settings.max_tiles}"
+                        )
                     per_image.append((name, rgb, t, positions, covered))
                 batch = np.concatenate([np.stack([model.normalize(x) for x in t]) for _, _, t, _, _ in per_image])
                 return per_image, batch

@@ -1,5 +1,6 @@
 """Service settings from environment variables (prefix SPOT_), e.g. SPOT_MODEL_DIR=models/spot-tiny64."""
 
+import math
 import os
 from functools import lru_cache
 from typing import Literal
@@ -39,9 +40,29 @@ class Settings(BaseSettings):
     cors_origins: str = ""  # comma-separated origins whose web pages may call the API ("*" = any); empty = none
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity), which can be fewer than the machine has."""
-    return len(os.sched_getaffinity(0))
+def cpu_quota(cgroup: Path) -> float | None:
+    """A container's CPU limit in cores (`docker run --cpus`, compose's `cpus`, a Kubernetes CPU limit), or
+    None: cgroup v2's cpu.max ("200000 100000"), else v1's cpu.cfs_quota_us and cpu.cfs_period_us."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        return None if quota in ("max", "-1") else int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: those it may run on (its affinity), capped by a container's CPU
+    quota, which the affinity does not show (a container limited to 2 CPUs on a 64-core host sees 64)."""
+    cores = len(os.sched_getaffinity(0))
+    quota = cpu_quota(cgroup)
+    return cores if quota is None else min(cores, max(1, math.ceil(quota)))
 
 
 def resolve_workers(settings: Settings) -> int:

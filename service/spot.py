@@ -85,7 +85,8 @@ def results(per_image: list, outputs: dict[str, np.ndarray], heatmap_format: str
                 "tiles": len(t),
                 "tile_size": size,
                 "stride": size // 2,
-                "scaled_to": list(covered.shape[1::-1]),
+                "scaled_to": list(covered.shape[1::-1]),  # [width, height] tiled: the mask's pixels
+                "scale": round(covered.shape[1] / w, 6),  # < 1: a large image analysed downscaled (SPOT_MAX_TILES)
             },
             "mask": {
                 "rows": cells.shape[0],

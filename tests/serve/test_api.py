@@ -115,6 +115,35 @@ def test_spot_overlay_png_has_the_image_size(client):
     assert Image.open(io.BytesIO(png)).size == (640, 427)
 
 
+def test_spot_analyses_a_photo_over_max_tiles_downscaled_with_the_heatmap_at_full_size(client):
+    """2560 x 1600 would be about 16,000 tiles of the test model's 32 px: it is analysed at the largest size
+    within SPOT_MAX_TILES (1024), exactly as if the client had sent it at that size."""
+    data = (DATA / "photos" / "debian_mate_nature" / "Aqua.jpg").read_bytes()
+    r = client.post("/spot", params={"heatmap": "png"}, files=[("files", ("aqua.jpg", data, "image/jpeg"))])
+    assert r.status_code == 200, r.text
+    item = r.json()["results"][0]
+    tiling, (w, h) = item["tiling"], item["tiling"]["scaled_to"]
+    assert (
+        900 < tiling["tiles"] <= 1024
+        and tiling["scale"] == pytest.approx(w / 2560)
+        and w / h == pytest.approx(1.6, abs=0.01)
+    )
+    assert Image.open(io.BytesIO(base64.b64decode(item["heatmap"]["png_base64"]))).size == (2560, 1600)
+    smaller = Image.fromarray(decode(data, "x", 10**8, {"JPEG"})).resize((w, h), Image.Resampling.BILINEAR)
+    r = client.post("/spot", files=[("files", ("smaller.png", png_bytes(smaller), "image/png"))])
+    same = r.json()["results"][0]
+    assert same["tiling"]["scale"] == 1 and same["tiling"]["tiles"] == tiling["tiles"]
+    assert same["artifact_score"] == pytest.approx(item["artifact_score"], abs=1e-6)
+    np.testing.assert_allclose(same["mask"]["values"], item["mask"]["values"], atol=1e-5)
+
+
+def test_spot_refuses_an_image_too_long_and_thin_to_fit_max_tiles_at_any_size(client):
+    strip = png_bytes(Image.new("RGB", (20000, 32), (90, 90, 90)))  # 32 px high: 1249 tiles, cannot shrink
+    r = client.post("/spot", files=[("files", ("strip.png", strip, "image/png"))])
+    assert r.status_code == 413 and "1249 tiles even at 20000x32 exceed the limit of 1024" in r.json()["detail"]
+    assert client.get("/readyz").json()["ready"] is True
+
+
 def _truncated_jpeg() -> bytes:
     return PHOTO.read_bytes()[:2000]
 
@@ -621,6 +650,9 @@ def test_overload_is_a_quick_503_with_retry_after_and_visible_in_metrics(model_d
                     assert took < 0.25  # refused at once, not after the batch delay
             assert c.get("/readyz").json()["ready"] is True
             assert 'spot_requests_total{route="/features",status="503"}' in c.get("/metrics").text
+            thirteen = [("files", (f"{i}.png", data, "image/png")) for i in range(13)]  # more than can ever wait
+            r = c.post("/features", files=thirteen)
+            assert r.status_code == 413 and "at most 12 can wait" in r.json()["detail"]  # not a 503 to retry
             [stats] = c.get("/v2/models/spot-tiny/stats").json()["model_stats"]  # a rejection is a failure there
             assert stats["inference_stats"]["fail"]["count"] == codes.count(503)
             assert stats["inference_stats"]["success"]["count"] == stats["inference_count"] == codes.count(200)
@@ -753,14 +785,35 @@ def test_two_workers_serve_one_port_and_metrics_add_up(model_dir):
 def test_workers_default_to_one_per_core_on_a_cpu_and_one_on_a_gpu(monkeypatch):
     import onnxruntime as ort
 
-    from service.config import Settings, resolve_workers
+    from service.config import Settings, resolve_workers, usable_cores
 
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     assert resolve_workers(Settings(workers=3)) == 3  # an explicit SPOT_WORKERS wins
     assert resolve_workers(Settings(workers=0, providers="cpu")) == cores
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert resolve_workers(Settings(workers=0, providers="auto")) == 1
     assert resolve_workers(Settings(workers=0, providers="cpu")) == cores  # CUDA present but not asked for
+
+
+@pytest.mark.parametrize(
+    "files, limit",
+    [
+        ({"cpu.max": "100000 100000\n"}, 1),  # cgroup v2, docker run --cpus=1
+        ({"cpu.max": "150000 100000\n"}, 2),  # --cpus=1.5: rounded up
+        ({"cpu.max": "max 100000\n"}, None),  # no limit
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1, half a core
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),  # no cgroup files: not in a container
+    ],
+)
+def test_a_containers_cpu_limit_caps_the_cores_the_workers_are_counted_from(tmp_path, files, limit):
+    from service.config import usable_cores
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cores(tmp_path) == (affinity if limit is None else min(affinity, limit))
 
 
 def test_padded_batches_run_one_input_shape_and_give_the_same_outputs(model_dir):
