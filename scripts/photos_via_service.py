@@ -56,7 +56,7 @@ def score(model: Path, root: Path, photos: list[Path], env: dict) -> dict:
     downscaled = [v for v in per_photo.values() if v["scale"] < 1]
     return {
         "env": {f"SPOT_{k.upper()}": v for k, v in env.items()},
-        "threshold": answers[0]["threshold"] if answers else None,
+        "threshold": json.loads((model / "model.json").read_text()).get("spot_threshold", 0.5),  # no SPOT_THRESHOLD
         "photos": len(per_photo),
         "false_alarms": sum(v["altered"] for v in per_photo.values()),
         "false_alarm_rate": sum(v["altered"] for v in per_photo.values()) / max(1, len(per_photo)),
