@@ -20,7 +20,9 @@ class JsonImages(BaseModel):
     """JSON form: `{"images": ["<base64>", ...], "layers": [...], ...}` (same parameters as the query)."""
 
     images: list[str] = Field(min_length=1, description="base64-encoded image files (JPEG, PNG, ...)")
-    layers: list[str] | None = None
+    layers: list[str] | str | None = Field(
+        None, description='a list, or comma-separated as in the query: "conv3,conv5"'
+    )
     pool: str | None = None
     normalize: str | None = None
     encoding: str | None = None
@@ -69,6 +71,9 @@ async def read_images(request: Request, max_files: int) -> tuple[list[tuple[str,
         except RecursionError:
             raise HTTPException(400, "body is JSON nested too deeply") from None
         except ValidationError as exc:
+            if unknown := [".".join(map(str, e["loc"])) for e in exc.errors() if e["type"] == "extra_forbidden"]:
+                valid = ", ".join(JsonImages.model_fields)
+                raise HTTPException(422, f"unknown fields {unknown}; valid: {valid}") from None
             raise HTTPException(422, exc.errors(include_url=False, include_context=False)) from None
         if len(body.images) > max_files:
             raise HTTPException(413, f"{len(body.images)} images; at most {max_files} per request")
@@ -82,8 +87,15 @@ async def read_images(request: Request, max_files: int) -> tuple[list[tuple[str,
     raise HTTPException(415, "send multipart/form-data (field 'files') or application/json (base64 'images')")
 
 
+def merged_params(query: dict, body: dict) -> dict:
+    """The query's and the JSON body's options together; one given in both is a 422, not a silent pick."""
+    if twice := sorted(set(query) & set(body)):
+        raise HTTPException(422, f"{', '.join(twice)} given both in the query and in the JSON body; give each once")
+    return {**query, **body}
+
+
 def feature_params(query: dict, body: dict, layers: list[str], default_layer: str) -> dict:
-    merged = {**query, **body}
+    merged = merged_params(query, body)
     chosen = merged.get("layers") or [default_layer]
     if isinstance(chosen, str):
         chosen = [s for s in chosen.split(",") if s]
@@ -100,5 +112,5 @@ def feature_params(query: dict, body: dict, layers: list[str], default_layer: st
 
 
 def spot_params(query: dict, body: dict) -> dict:
-    merged = {**query, **body}
+    merged = merged_params(query, body)
     return {"heatmap": _check("heatmap", merged.get("heatmap") or "values", HEATMAP_FORMATS)}
