@@ -61,6 +61,20 @@ def test_upload_shows_score_and_overlay_and_saves_screenshot(browser, server):
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
 
 
+def test_a_large_photo_is_scored_downscaled_and_said_so_with_the_overlay_at_full_size(browser, server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{server.url}/")
+    browser.find_element(By.ID, "file").send_keys(str(DATA / "photos" / "debian_mate_nature" / "Aqua.jpg"))
+    overlay = WebDriverWait(browser, 60).until(ec.visibility_of_element_located((By.ID, "overlay")))
+    score = browser.find_element(By.ID, "score").text
+    assert re.search(r"tiles at \d+x\d+ of 2560x1600\)$", score), score
+    size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", overlay)
+    assert size == [2560, 1600]
+
+
 def test_bad_file_shows_the_servers_error(browser, server, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
