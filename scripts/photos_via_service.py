@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -69,6 +70,8 @@ def score(model: Path, root: Path, photos: list[Path], env: dict) -> dict:
 
 
 def main() -> None:
+    for name in [k for k in os.environ if k.startswith("SPOT_")]:  # the servers run on their defaults
+        del os.environ[name]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=Path("models/spot-tiny64"))
     ap.add_argument("--photos", type=Path, default=Path("../shared/data/photos"))

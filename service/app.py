@@ -29,7 +29,7 @@ from .images import BadImage, open_image, to_array
 from .metrics import Metrics, forget_dead_workers
 from .statistics import model_statistics
 from .model import HEAD_OUTPUTS, ExportedModel, ModelError
-from .preprocess import centre_view, tiles
+from .preprocess import analysis_size, centre_view, tile_count, tiles
 from .requests import HEATMAP_FORMATS, feature_params, read_images, spot_params
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,10 @@ MULTIPART_AND_JSON = {
                     "type": "object",
                     "properties": {
                         "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
-                        "layers": {"type": "array", "items": {"type": "string"}},
+                        "layers": {
+                            "oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}],
+                            "description": 'a list, or comma-separated as in the query: "conv3,conv5"',
+                        },
                         "pool": {"type": "string"},
                         "normalize": {"type": "string"},
                         "encoding": {"type": "string"},
@@ -217,14 +220,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not authorized(request.headers.get("authorization")):
             raise HTTPException(401, "missing or wrong API key (Authorization: Bearer <key>)")
 
-    def submit(batch: np.ndarray, names: list[str]) -> asyncio.Future:
-        """The job queued for the batcher, or a quick 503 when it is full."""
-        if settings.max_queue_images and len(batch) > settings.max_queue_images:  # never fits: not a 503
+    def check_queue_room(inputs: int) -> None:
+        """A request that alone needs more model inputs than may ever wait is a 413: never fits, not a 503."""
+        if settings.max_queue_images and inputs > settings.max_queue_images:
             raise HTTPException(
                 413,
-                f"the request needs {len(batch)} model inputs (images, or a photo's tiles for /spot); at most "
+                f"the request needs {inputs} model inputs (images, or a photo's tiles for /spot); at most "
                 f"{settings.max_queue_images} can wait for the model at once: send fewer images per request",
             )
+
+    def submit(batch: np.ndarray, names: list[str]) -> asyncio.Future:
+        """The job queued for the batcher, or a quick 503 when it is full."""
+        check_queue_room(len(batch))
         try:
             return state["batcher"].submit(batch, names)
         except QueueFull as exc:
@@ -354,16 +361,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             images, body = await opened_images(request)
             p = spot_params({"heatmap": heatmap} if heatmap else {}, body)
 
+            # A photo over the limit is analysed downscaled to fit it; what cannot fit is refused from the
+            # image headers, before anything is decoded.
+            limit = min((n for n in (settings.max_tiles, settings.max_queue_images) if n > 0), default=0)
+            counts = []
+            for name, img in images:
+                h, w = analysis_size(img.height, img.width, model.size, limit)
+                counts.append(tile_count(h, w, model.size))
+                if limit and counts[-1] > limit:  # too long and thin to fit at any size
+                    raise HTTPException(413, f"{name}: {counts[-1]} tiles even at {w}x{h} exceed the limit of {limit}")
+            check_queue_room(sum(counts))
+
             def prepare():
                 per_image = []
                 for name, img in images:
                     rgb = to_array(img, name)
-                    t, positions, covered = tiles(rgb, model.size, settings.max_tiles)  # scaled down to fit
-                    if len(t) > settings.max_tiles:  # too long and thin to fit at any size
-                        h, w = covered.shape[:2]
-                        raise HTTPException(
-                            413, f"{name}: {len(t)} tiles even at {w}x{h} exceed the limit of {settings.max_tiles}"
-                        )
+                    t, positions, covered = tiles(rgb, model.size, limit)
                     per_image.append((name, rgb, t, positions, covered))
                 batch = np.concatenate([np.stack([model.normalize(x) for x in t]) for _, _, t, _, _ in per_image])
                 return per_image, batch

@@ -162,7 +162,7 @@ def write(args, path: Path, target: Path, item: dict, stacked: dict, names: list
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(base64.b64decode(item["heatmap"]["png_base64"]))
         return {"image": str(path), "artifact_score": round(item["artifact_score"], 4), "altered": item["altered"],
-                "tiles": item["tiling"]["tiles"], "scale": item["tiling"]["scale"], "overlay": str(out)}  # fmt: skip
+                "tiles": item["tiling"]["tiles"], "scale": item["tiling"].get("scale", 1.0), "overlay": str(out)}  # fmt: skip
     entry = {"image": str(path)}
     for layer, f in item["features"].items():
         values = np.frombuffer(base64.b64decode(f["values"]), "<f4").reshape(f["shape"])

@@ -6,6 +6,7 @@ from functools import lru_cache
 from typing import Literal
 from pathlib import Path
 
+from pydantic import NonNegativeInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,13 +24,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 50_000_000  # per image, checked from the header before decoding
     max_files: int = 16  # images per request
-    max_tiles: int = 1024  # per image for /spot
+    max_tiles: NonNegativeInt = 1024  # per image for /spot; a larger image is analysed downscaled to fit; 0 = no limit
     allowed_formats: str = "JPEG,PNG,WEBP,GIF,BMP,TIFF"
     max_batch_size: int = 64  # images per ONNX Runtime run (1 = batching off)
     pad_batches: Literal["auto", "on", "off"] = "auto"  # auto = on on a GPU: every run padded to max_batch_size
     max_batch_delay_ms: float = 2.0  # how long a first request waits for others to join its batch
     adaptive_batch_delay: bool = True  # wait only while other requests are arriving; false = always (as Triton)
-    max_queue_images: int = 2048  # images waiting for the model; more is a quick 503 + Retry-After, not a timeout
+    max_queue_images: NonNegativeInt = (
+        2048  # images waiting for the model; more is a quick 503 + Retry-After, not a timeout
+    )
     request_timeout_s: float = 60.0  # waiting for the model longer than this is a 504
     threshold: float = 0.0  # /spot: artifact_score above it = altered; 0 = the model's own (model.json, else 0.5)
     access_log: bool = True  # uvicorn's one line per request (benchmarks turn it off)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from PIL import Image
 
@@ -22,27 +24,34 @@ def tile_positions(length: int, size: int) -> list[int]:
     return sorted({*range(0, length - size + 1, size // 2), length - size})
 
 
+def tiles_along(length: int, size: int) -> int:
+    """How many tiles tile_positions places along a side, counted without listing them (a hostile
+    1 x 5,000,000 image costs nothing to count)."""
+    return 1 if length <= size else math.ceil((length - size) / (size // 2)) + 1
+
+
 def tile_count(h: int, w: int, size: int) -> int:
-    return len(tile_positions(h, size)) * len(tile_positions(w, size))
+    return tiles_along(h, size) * tiles_along(w, size)
 
 
 def analysis_size(h: int, w: int, size: int, max_tiles: int = 0) -> tuple[int, int]:
-    """(height, width) the image is tiled at, aspect kept. Scaled up so that its shorter side is at least the
-    model input; scaled down when at its own size it would take more than `max_tiles` tiles (0 = no limit):
-    about the largest size within the limit, but never a shorter side below the input (so a very long, thin image
-    may still exceed it)."""
-    smallest = size / min(h, w)  # the scale at which the shorter side is the input's
+    """(height, width) the image is tiled at, aspect kept to the pixel: its own size, its shorter side scaled
+    up to the model input if below it; and where that takes more than `max_tiles` tiles (0 = no limit), the
+    largest size that takes at most that many, its shorter side never below the input (so a very long,
+    thin image may still take more: the caller refuses it)."""
+    short = min(h, w)
 
-    def at(scale: float) -> tuple[int, int]:
-        return max(size, round(h * scale)), max(size, round(w * scale))
+    def with_shorter_side(side: int) -> tuple[int, int]:
+        return round(h * side / short), round(w * side / short)
 
-    scale = max(1.0, smallest)
-    if not max_tiles or tile_count(*at(scale), size) <= max_tiles:
-        return at(scale)
-    scale *= (max_tiles / tile_count(*at(scale), size)) ** 0.5  # about right: tiles grow with the area
-    while scale > smallest and tile_count(*at(scale), size) > max_tiles:
-        scale *= 0.98
-    return at(max(scale, smallest))
+    largest = max(short, size)
+    if not max_tiles or tile_count(*with_shorter_side(largest), size) <= max_tiles:
+        return with_shorter_side(largest)
+    low, high = size, largest  # tiles grow with the side: bisect for the largest side within the limit
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if tile_count(*with_shorter_side(middle), size) <= max_tiles else (low, middle - 1)
+    return with_shorter_side(low)
 
 
 def tiles(rgb: np.ndarray, size: int, max_tiles: int = 0) -> tuple[np.ndarray, list[tuple[int, int]], np.ndarray]:

@@ -83,7 +83,8 @@ async def read_images(request: Request, max_files: int) -> tuple[list[tuple[str,
                 images.append((f"images[{i}]", base64.b64decode(text, validate=True)))
             except (binascii.Error, ValueError):
                 raise HTTPException(400, f"images[{i}] is not valid base64") from None
-        return images, body.model_dump(exclude={"images"}, exclude_none=True)
+        options = body.model_dump(exclude={"images"}, exclude_none=True)
+        return images, {k: v for k, v in options.items() if v not in ("", [])}  # blank = not given, as in the query
     raise HTTPException(415, "send multipart/form-data (field 'files') or application/json (base64 'images')")
 
 
@@ -96,9 +97,10 @@ def merged_params(query: dict, body: dict) -> dict:
 
 def feature_params(query: dict, body: dict, layers: list[str], default_layer: str) -> dict:
     merged = merged_params(query, body)
-    chosen = merged.get("layers") or [default_layer]
+    chosen = merged.get("layers") or []
     if isinstance(chosen, str):
         chosen = [s for s in chosen.split(",") if s]
+    chosen = chosen or [default_layer]  # none named (or only commas): the model's default
     bad = [layer for layer in chosen if layer not in layers]
     if bad:
         raise HTTPException(422, f"unknown layers {bad}; valid: {', '.join(layers)}")

@@ -86,7 +86,8 @@ def results(per_image: list, outputs: dict[str, np.ndarray], heatmap_format: str
                 "tile_size": size,
                 "stride": size // 2,
                 "scaled_to": list(covered.shape[1::-1]),  # [width, height] tiled: the mask's pixels
-                "scale": round(covered.shape[1] / w, 6),  # < 1: a large image analysed downscaled (SPOT_MAX_TILES)
+                # < 1: a large image analysed downscaled (SPOT_MAX_TILES); > 1: a small one scaled up
+                "scale": round(min(covered.shape[1] / w, covered.shape[0] / h), 6),
             },
             "mask": {
                 "rows": cells.shape[0],

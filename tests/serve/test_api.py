@@ -579,6 +579,7 @@ CORPUS = [
     ("unknown dtype", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": {"dtype": "int8"}}, 422, "float16"),
     ("unknown heatmap format", "/spot", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": {"heatmap": "gif"}}, 422, "overlay"),
     ("too long and thin to tile", "/spot", {"files": [("files", ("strip.png", _bits(Image.new("RGB", (20000, 32)), "PNG"), "image/png"))]}, 413, "1249 tiles even at 20000x32 exceed the limit of 1024"),
+    ("a 1 x 400000 strip", "/spot", {"files": [("files", ("thin.png", _bits(Image.new("L", (400_000, 1)), "PNG"), "image/png"))]}, 413, "799999 tiles even at 12800000x32"),
     ("option in query and body", "/features", {"json": {"images": [base64.b64encode(GOOD).decode()], "pool": "max"}, "params": {"pool": "avg"}}, 422, "pool given both"),
     ("chunked body without length", "/features", {"content": iter([GOOD]), "headers": {"content-type": "application/json"}}, 411, "Content-Length"),
     ("json body not utf-8", "/spot", {"content": b"\xb8\x00{", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
@@ -655,12 +656,17 @@ def test_overload_is_a_quick_503_with_retry_after_and_visible_in_metrics(model_d
                     assert took < 0.25  # refused at once, not after the batch delay
             assert c.get("/readyz").json()["ready"] is True
             assert 'spot_requests_total{route="/features",status="503"}' in c.get("/metrics").text
-            thirteen = [("files", (f"{i}.png", data, "image/png")) for i in range(13)]  # more than can ever wait
-            r = c.post("/features", files=thirteen)
-            assert r.status_code == 413 and "at most 12 can wait" in r.json()["detail"]  # not a 503 to retry
             [stats] = c.get("/v2/models/spot-tiny/stats").json()["model_stats"]  # a rejection is a failure there
             assert stats["inference_stats"]["fail"]["count"] == codes.count(503)
             assert stats["inference_stats"]["success"]["count"] == stats["inference_count"] == codes.count(200)
+            thirteen = [("files", (f"{i}.png", data, "image/png")) for i in range(13)]  # more than can ever wait
+            r = c.post("/features", files=thirteen)
+            assert r.status_code == 413 and "at most 12 can wait" in r.json()["detail"]  # not a 503 to retry
+            photo = ("files", ("china.jpg", PHOTO.read_bytes(), "image/jpeg"))
+            r = c.post("/spot", files=[photo])  # shrunk to what may wait: 12 tiles, not SPOT_MAX_TILES' 1024
+            assert r.status_code == 200 and r.json()["results"][0]["tiling"]["tiles"] <= 12
+            r = c.post("/spot", files=[photo, photo])  # two of them cannot wait at once
+            assert r.status_code == 413 and "at most 12 can wait" in r.json()["detail"]
             r = c.post("/spot", files=[("files", ("a.png", data, "image/png"))])
             assert r.status_code == 200 and r.json()["threshold"] == 0.9  # SPOT_THRESHOLD overrides the model's
     finally:
