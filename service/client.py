@@ -26,7 +26,7 @@ import numpy as np
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 OWN_OUTPUTS = ".overlay.png"  # what `spot` writes: never read back as an input
 PER_IMAGE_ERRORS = (400, 413)  # what one image can cause: that image fails, the others go on
-BUSY_RETRIES = 5  # 503 (the server's queue is full): wait its Retry-After, then again
+BUSY_RETRIES = 5  # 503 (the server's queue or its connections are full): wait, then again
 
 
 class ServerError(RuntimeError):
@@ -52,13 +52,22 @@ def expand(paths: list[Path]) -> list[tuple[Path, Path]]:
     return found
 
 
+def retry_after(r: httpx.Response) -> float:
+    """Seconds the server asks to wait (its queue is full); 1 without a number (uvicorn's own 503 when all its
+    connections are taken says nothing)."""
+    try:
+        return min(30.0, max(0.0, float(r.headers.get("retry-after", "1"))))
+    except ValueError:
+        return 1.0
+
+
 def post(client: httpx.Client, command: str, params: dict, images: list[Path]) -> list[dict]:
     files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in images]
     for attempt in range(BUSY_RETRIES + 1):
         r = client.post(f"/{command}", params=params, files=files)
-        if r.status_code != 503 or "retry-after" not in r.headers or attempt == BUSY_RETRIES:
+        if r.status_code != 503 or "model not loaded" in r.text or attempt == BUSY_RETRIES:
             break
-        time.sleep(float(r.headers["retry-after"]))
+        time.sleep(retry_after(r))
     if r.status_code != 200:
         json_body = r.headers.get("content-type", "").startswith("application/json")
         detail = str(r.json().get("detail")) if json_body else r.text

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     max_queue_images: NonNegativeInt = (
         2048  # images waiting for the model; more is a quick 503 + Retry-After, not a timeout
     )
+    max_connections: int = 512  # per worker: connections and requests at once; beyond, uvicorn answers 503
     request_timeout_s: float = 60.0  # waiting for the model longer than this is a 504
     threshold: float = 0.0  # /spot: artifact_score above it = altered; 0 = the model's own (model.json, else 0.5)
     access_log: bool = True  # uvicorn's one line per request (benchmarks turn it off)

@@ -793,6 +793,37 @@ def test_two_workers_serve_one_port_and_metrics_add_up(model_dir):
         assert s.proc.wait(30) == 0
 
 
+def test_past_max_connections_uvicorn_answers_503_and_the_client_waits_it_out(model_dir, tmp_path):
+    """SPOT_MAX_CONNECTIONS=2: with one idle connection held, every other request is uvicorn's own plain 503
+    (no Retry-After); the command-line client retries it and gets through once the connection closes."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import httpx
+
+    from bench.server import Server
+
+    from ..conftest import REPO
+
+    s = Server(model_dir, max_connections="2")
+    held = socket.create_connection(("127.0.0.1", s.port))
+    try:
+        time.sleep(0.2)  # accepted: uvicorn counts it
+        r = httpx.post(f"{s.url}/spot", files=[("files", ("c.jpg", PHOTO.read_bytes(), "image/jpeg"))])
+        assert r.status_code == 503 and "retry-after" not in r.headers and r.text == "Service Unavailable"
+        threading.Timer(1.5, held.close).start()  # the connection goes away while the client waits
+        cmd = [sys.executable, "-m", "service.client", "spot", str(PHOTO), "--url", s.url, "--out", str(tmp_path)]
+        run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)[0]["tiles"] > 1 and (tmp_path / "china.jpg.overlay.png").exists()
+    finally:
+        held.close()
+        s.stop()
+
+
 def test_workers_default_to_one_per_core_on_a_cpu_and_one_on_a_gpu(monkeypatch):
     import onnxruntime as ort
 
