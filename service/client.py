@@ -65,7 +65,10 @@ def post(client: httpx.Client, command: str, params: dict, images: list[Path]) -
     files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in images]
     for attempt in range(BUSY_RETRIES + 1):
         r = client.post(f"/{command}", params=params, files=files)
-        if r.status_code != 503 or "model not loaded" in r.text or attempt == BUSY_RETRIES:
+        # busy: the queue is full (Retry-After) or uvicorn's own plain-text 503; a JSON 503 without it (no model
+        # loaded) does not pass by waiting
+        busy = "retry-after" in r.headers or not r.headers.get("content-type", "").startswith("application/json")
+        if r.status_code != 503 or not busy or attempt == BUSY_RETRIES:
             break
         time.sleep(retry_after(r))
     if r.status_code != 200:

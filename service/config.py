@@ -30,9 +30,8 @@ class Settings(BaseSettings):
     pad_batches: Literal["auto", "on", "off"] = "auto"  # auto = on on a GPU: every run padded to max_batch_size
     max_batch_delay_ms: float = 2.0  # how long a first request waits for others to join its batch
     adaptive_batch_delay: bool = True  # wait only while other requests are arriving; false = always (as Triton)
-    max_queue_images: NonNegativeInt = (
-        2048  # images waiting for the model; more is a quick 503 + Retry-After, not a timeout
-    )
+    # model inputs (images; /spot's tiles) waiting for the model: more is a quick 503 + Retry-After, not a timeout
+    max_queue_images: NonNegativeInt = 2048
     max_connections: int = 512  # per worker: connections and requests at once; beyond, uvicorn answers 503
     request_timeout_s: float = 60.0  # waiting for the model longer than this is a 504
     threshold: float = 0.0  # /spot: artifact_score above it = altered; 0 = the model's own (model.json, else 0.5)

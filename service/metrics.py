@@ -65,11 +65,11 @@ class Metrics:
             "spot_model_inferences", "Model inputs answered (images; a photo's tiles for /spot)", registry=self.registry
         )
         self.model_executions = Counter(
-            "spot_model_executions", "Batches run, by images in the batch", ["batch_size"], registry=self.registry
+            "spot_model_executions", "ONNX Runtime runs, by images in the run", ["batch_size"], registry=self.registry
         )
         self.model_execution_seconds = Counter(
             "spot_model_execution_seconds",
-            "Their time per phase (compute_input, compute_infer, compute_output), by images in the batch",
+            "Their time per phase (compute_input, compute_infer, compute_output), by images in the run",
             ["batch_size", "phase"],
             registry=self.registry,
         )
@@ -111,7 +111,7 @@ class Metrics:
         self.last_inference.set_to_current_time()
 
     def observe_failed(self, seconds: list[float]) -> None:
-        """Requests the model did not answer: it failed, or they timed out waiting."""
+        """Requests the model did not answer: it failed, they timed out waiting, or the queue was full."""
         self.model_requests.labels("fail").inc(len(seconds))
         self.model_request_seconds.labels("fail").inc(sum(seconds))
 

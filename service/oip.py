@@ -120,8 +120,8 @@ def config_tensor(spec: dict) -> dict:
 def model_config(model: ExportedModel, hooks: "Hooks") -> dict:
     """The model as Triton's model configuration extension describes one (config.pbtxt as JSON, what
     tritonclient's get_model_config and Triton's tools read). max_batch_size is what one request may carry
-    (SPOT_MAX_FILES); the batcher runs up to SPOT_MAX_BATCH_SIZE images together (under parameters, and
-    batch_stats may show more: a big photo's tiles), in one instance per worker process."""
+    (SPOT_MAX_FILES); the batcher runs up to SPOT_MAX_BATCH_SIZE images together (under parameters), in one
+    instance per worker process."""
     config = {
         "name": model.name,
         "platform": "onnxruntime_onnx",
