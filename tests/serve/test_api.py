@@ -690,7 +690,7 @@ def test_a_request_waiting_too_long_is_a_504_and_the_server_goes_on(model_dir):
             fail = stats["inference_stats"]["fail"]  # counted as it timed out, not when its batch came 0.35 s later
             assert (
                 fail["count"] == 1
-                and 0.05e9 <= fail["ns"] < 0.3e9
+                and 0.04e9 <= fail["ns"] < 0.3e9  # asyncio may fire a timer up to its clock resolution early
                 and stats["inference_stats"]["success"]["count"] == 0
             )
     finally:
