@@ -1,5 +1,14 @@
-"""Command-line client: `python -m service.client spot|features PATH... [--url ...]`.
+"""Client for a running service, from Python or the command line.
 
+From Python, `SpotClient` takes images as files, bytes, PIL images or HxW(x3) uint8 arrays and gives numpy
+back, as tritonclient or timm would:
+
+    from service.client import SpotClient
+    with SpotClient("http://127.0.0.1:8000") as client:
+        feats = client.features(["a.jpg", "b.png"], layers=["conv3"])   # {"conv3": array (2, C)}
+        [result] = client.spot(["photo.jpg"], heatmap="values")          # score, mask and heatmap arrays
+
+From the command line: `python -m service.client spot|features PATH... [--url ...]`.
 PATHs are image files or folders (searched recursively for image files). Images go to the server in
 requests of at most `--per-request` (the server's SPOT_MAX_FILES, 16 by default), several requests at a
 time so that the server batches them. `spot` prints each image's artifact score and writes
@@ -13,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,12 +38,178 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".ti
 OWN_OUTPUTS = ".overlay.png"  # what `spot` writes: never read back as an input
 PER_IMAGE_ERRORS = (400, 413)  # what one image can cause: that image fails, the others go on
 BUSY_RETRIES = 5  # 503 (the server's queue or its connections are full): wait, then again
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class ServerError(RuntimeError):
     def __init__(self, status: int, message: str):
         super().__init__(f"{status} {message}")
         self.status = status
+
+
+def upload(image, index: int) -> tuple[str, bytes]:
+    """(file name, encoded bytes) of one image: a path is read, bytes go as they are, a PIL image or an
+    HxW / HxWx3 / HxWx4 uint8 array is sent as PNG (lossless: the server sees exactly these pixels)."""
+    if isinstance(image, (str, os.PathLike)):
+        return Path(image).name, Path(image).read_bytes()
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return f"image{index}", bytes(image)
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+            raise ValueError(
+                f"image {index}: an array must be HxW, HxWx3 or HxWx4 uint8, not {image.dtype} {image.shape}"
+            )
+        image = Image.fromarray(image)
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return f"image{index}.png", buffer.getvalue()
+    raise TypeError(f"image {index}: a path, bytes, a PIL image or a uint8 array, not {type(image).__name__}")
+
+
+def retry_after(r: httpx.Response) -> float:
+    """Seconds the server asks to wait (its queue is full); 1 without a number (uvicorn's own 503 when all its
+    connections are taken says nothing)."""
+    try:
+        return min(30.0, max(0.0, float(r.headers.get("retry-after", "1"))))
+    except ValueError:
+        return 1.0
+
+
+def failure(r: httpx.Response) -> ServerError:
+    json_body = r.headers.get("content-type", "").startswith("application/json")
+    detail = str(r.json().get("detail")) if json_body else r.text
+    # the ID the server's log names this request by: what to quote when reporting the failure
+    return ServerError(r.status_code, f"{detail} (request {r.headers.get('x-request-id', '-')})")
+
+
+class SpotClient:
+    """A running service's /features and /spot from Python. Images go in requests of at most `per_request`
+    (the server's SPOT_MAX_FILES), `concurrency` requests at a time so that the server batches them; a busy
+    server's 503 is waited out (its Retry-After). Thread-safe: one client may serve several threads."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        api_key: str = "",
+        timeout: float = 120.0,
+        per_request: int = 16,
+        concurrency: int = 4,
+    ):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        self.per_request, self.concurrency = max(1, per_request), max(1, concurrency)
+
+    def __enter__(self) -> SpotClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def model(self) -> dict:
+        """The served model's model.json (name, version, layers, preprocessing, metrics)."""
+        r = self.http.get("/models")
+        if r.status_code != 200:
+            raise failure(r)
+        return r.json()
+
+    def features(
+        self, images: Iterable, layers: Iterable[str] | None = None, pool: str = "avg", normalize: str = "none"
+    ) -> dict[str, np.ndarray]:
+        """{layer: float32 array (images, *shape)}, in the order of `images`; `layers` default to the model's
+        default_layer. Raises ServerError when any image fails (every failure named)."""
+        params = {"pool": pool, "normalize": normalize, "encoding": "base64", "dtype": "float32"}
+        if layers is not None:
+            params["layers"] = ",".join(layers)
+        stacked: dict[str, list[np.ndarray]] = {}
+        for item in self._all("features", params, images):
+            for layer, f in item["features"].items():
+                stacked.setdefault(layer, []).append(feature_values(f))
+        return {layer: np.stack(values) for layer, values in stacked.items()}
+
+    def spot(self, images: Iterable, heatmap: str = "none") -> list[dict]:
+        """Per image, the server's /spot answer (README), its `values` as float32 arrays: `mask.values`
+        (rows, cols) of drop probabilities, `heatmap.values` at the image's size (heatmap="values"); a
+        heatmap asked as "png" or "overlay" comes as PNG bytes in `heatmap.png`. Raises ServerError when any
+        image fails (every failure named)."""
+        answers = self._all("spot", {"heatmap": heatmap}, images)
+        for item in answers:
+            item["mask"]["values"] = np.asarray(item["mask"]["values"], np.float32)
+            if "values" in item.get("heatmap", {}):
+                item["heatmap"]["values"] = np.asarray(item["heatmap"]["values"], np.float32)
+            elif "png_base64" in item.get("heatmap", {}):
+                item["heatmap"]["png"] = base64.b64decode(item["heatmap"].pop("png_base64"))
+        return answers
+
+    def results(self, command: str, params: dict, images: list) -> Iterator[tuple[int, dict]]:
+        """(index, answer or {"error": ..., "status": ...}) per image, in order, as the requests come back;
+        an image is read or encoded only when its request goes."""
+        size = self.per_request
+        chunks = [list(range(i, min(i + size, len(images)))) for i in range(0, len(images), size)]
+
+        def ask(chunk: list[int]) -> list[dict]:
+            return self.results_or_errors(command, params, [(i, images[i]) for i in chunk])
+
+        pool = ThreadPoolExecutor(self.concurrency)
+        try:
+            for chunk, answers in zip(chunks, pool.map(ask, chunks)):
+                yield from zip(chunk, answers)
+        finally:  # a caller that stops early leaves no requests behind that were not sent yet
+            pool.shutdown(cancel_futures=True)
+
+    def results_or_errors(self, command: str, params: dict, images: list[tuple[int, object]]) -> list[dict]:
+        """One request for the chunk. When the server refuses it for one of its images (400 unreadable, 413
+        too large) or for their number (413), each image alone: a bad file costs only itself. A chunk the
+        server could not answer (busy after retries, 504, a timeout) fails its images; the others go on."""
+        try:
+            return self.post(command, params, [upload(image, i) for i, image in images])
+        except ServerError as exc:
+            if exc.status in PER_IMAGE_ERRORS and len(images) > 1:
+                return [item for one in images for item in self.results_or_errors(command, params, [one])]
+            if exc.status in (*PER_IMAGE_ERRORS, 503, 504):
+                return [{"error": str(exc), "status": exc.status}] * len(images)
+            raise  # 401, 415, 422...: every request would fail the same way
+        except httpx.TimeoutException as exc:
+            return [{"error": f"no answer within the timeout: {exc!r}", "status": 504}] * len(images)
+
+    def post(self, command: str, params: dict, uploads: list[tuple[str, bytes]]) -> list[dict]:
+        files = [("files", (name, data, "application/octet-stream")) for name, data in uploads]
+        for attempt in range(BUSY_RETRIES + 1):
+            r = self.http.post(f"/{command}", params=params, files=files)
+            # busy: the queue is full (Retry-After) or uvicorn's own plain-text 503; a JSON 503 without it (no
+            # model loaded) does not pass by waiting
+            busy = "retry-after" in r.headers or not r.headers.get("content-type", "").startswith("application/json")
+            if r.status_code != 503 or not busy or attempt == BUSY_RETRIES:
+                break
+            time.sleep(retry_after(r))
+        if r.status_code != 200:
+            raise failure(r)
+        return r.json()["results"]
+
+    def _all(self, command: str, params: dict, images: Iterable) -> list[dict]:
+        images = list(images)
+        answers = [None] * len(images)
+        for i, answer in self.results(command, params, images):
+            answers[i] = answer
+        failed = [(i, a) for i, a in enumerate(answers) if "error" in a]
+        if failed:
+            named = "; ".join(f"image {i} ({upload_name(images[i], i)}): {a['error']}" for i, a in failed)
+            raise ServerError(failed[0][1]["status"], f"{len(failed)} of {len(images)} images failed: {named}")
+        return answers
+
+
+def upload_name(image, index: int) -> str:
+    return Path(image).name if isinstance(image, (str, os.PathLike)) else f"image{index}"
+
+
+def feature_values(f: dict) -> np.ndarray:
+    """One layer of a /features answer asked with encoding=base64, dtype=float32."""
+    return np.frombuffer(base64.b64decode(f["values"]), "<f4").reshape(f["shape"])
 
 
 def expand(paths: list[Path]) -> list[tuple[Path, Path]]:
@@ -52,56 +229,13 @@ def expand(paths: list[Path]) -> list[tuple[Path, Path]]:
     return found
 
 
-def retry_after(r: httpx.Response) -> float:
-    """Seconds the server asks to wait (its queue is full); 1 without a number (uvicorn's own 503 when all its
-    connections are taken says nothing)."""
-    try:
-        return min(30.0, max(0.0, float(r.headers.get("retry-after", "1"))))
-    except ValueError:
-        return 1.0
-
-
-def post(client: httpx.Client, command: str, params: dict, images: list[Path]) -> list[dict]:
-    files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in images]
-    for attempt in range(BUSY_RETRIES + 1):
-        r = client.post(f"/{command}", params=params, files=files)
-        # busy: the queue is full (Retry-After) or uvicorn's own plain-text 503; a JSON 503 without it (no model
-        # loaded) does not pass by waiting
-        busy = "retry-after" in r.headers or not r.headers.get("content-type", "").startswith("application/json")
-        if r.status_code != 503 or not busy or attempt == BUSY_RETRIES:
-            break
-        time.sleep(retry_after(r))
-    if r.status_code != 200:
-        json_body = r.headers.get("content-type", "").startswith("application/json")
-        detail = str(r.json().get("detail")) if json_body else r.text
-        # the ID the server's log names this request by: what to quote when reporting the failure
-        raise ServerError(r.status_code, f"{detail} (request {r.headers.get('x-request-id', '-')})")
-    return r.json()["results"]
-
-
-def results_or_errors(client: httpx.Client, command: str, params: dict, images: list[Path]) -> list[dict]:
-    """One request for the chunk. When the server refuses it for one of its images (400 unreadable, 413 too
-    large) or for their number (413), each image alone: a bad file costs only itself. A chunk the server
-    could not answer (busy after retries, 504, a timeout) fails its images; the others go on."""
-    try:
-        return post(client, command, params, images)
-    except ServerError as exc:
-        if exc.status in PER_IMAGE_ERRORS and len(images) > 1:
-            return [item for image in images for item in results_or_errors(client, command, params, [image])]
-        if exc.status in (*PER_IMAGE_ERRORS, 503, 504):
-            return [{"error": str(exc)}] * len(images)
-        raise  # 401, 415, 422...: every request would fail the same way
-    except httpx.TimeoutException as exc:
-        return [{"error": f"no answer within the timeout: {exc!r}"}] * len(images)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m service.client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("command", choices=["spot", "features"])
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
-    parser.add_argument("--url", default=os.environ.get("SPOT_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--url", default=os.environ.get("SPOT_URL", DEFAULT_URL))
     parser.add_argument("--api-key", default=os.environ.get("SPOT_API_KEY", ""))
     parser.add_argument("--out", type=Path, help="folder for the outputs (default: beside each image)")
     parser.add_argument(
@@ -133,22 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         params = {"pool": args.pool, "encoding": "base64", "dtype": "float32"}
         if args.layers:
             params["layers"] = args.layers
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    size = max(1, args.per_request)
-    chunks = [list(range(i, min(i + size, len(images)))) for i in range(0, len(images), size)]
     summary, stacked, names = [], {}, []
-
-    def ask(chunk: list[int]) -> list[dict]:
-        return results_or_errors(client, args.command, params, [images[i][0] for i in chunk])
-
     try:
-        with (
-            httpx.Client(base_url=args.url, headers=headers, timeout=args.timeout) as client,
-            ThreadPoolExecutor(max(1, args.concurrency)) as pool,
-        ):
-            for chunk, answers in zip(chunks, pool.map(ask, chunks)):  # in order, each written as it comes
-                for i, item in zip(chunk, answers):
-                    summary.append(write(args, images[i][0], targets[i], item, stacked, names))
+        with SpotClient(args.url, args.api_key, args.timeout, args.per_request, args.concurrency) as client:
+            paths = [path for path, _ in images]
+            for i, item in client.results(args.command, params, paths):  # in order, each written as it comes
+                summary.append(write(args, images[i][0], targets[i], item, stacked, names))
     except httpx.HTTPError as exc:
         print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
@@ -177,7 +301,7 @@ def write(args, path: Path, target: Path, item: dict, stacked: dict, names: list
                 "tiles": item["tiling"]["tiles"], "scale": item["tiling"].get("scale", 1.0), "overlay": str(out)}  # fmt: skip
     entry = {"image": str(path)}
     for layer, f in item["features"].items():
-        values = np.frombuffer(base64.b64decode(f["values"]), "<f4").reshape(f["shape"])
+        values = feature_values(f)
         entry[layer] = {"shape": f["shape"]}
         if args.stack:
             stacked.setdefault(layer, []).append(values)
