@@ -90,21 +90,21 @@ class ExportedModel:
             raise ModelError(f"default_layer {self.default_layer!r} in {meta_path} is not one of {self.layers}")
         try:
             graph = onnx.load(str(onnx_path))
-            self.session = ort.InferenceSession(
-                graph.SerializeToString(), options, providers=choose_providers(providers)
+            heads = cut_graph(graph, HEAD_OUTPUTS)
+            # One network gives every output: the heads need all of it, so the whole graph serves /spot and any
+            # mix of outputs. Two networks (model.json `features_from`): the heads' graph and the trunk share
+            # nothing, so a mix runs each on its own and no third session (41 MB for spot-tiny64) is kept.
+            self.one_network = len(heads.graph.node) == len(graph.graph.node)
+            self.heads = ort.InferenceSession(
+                (graph if self.one_network else heads).SerializeToString(),
+                options,
+                providers=choose_providers(providers),
             )
             trunk = cut_graph(graph, self.layers)
             self.trunk = ort.InferenceSession(trunk.SerializeToString(), options, providers=choose_providers(providers))
-            heads = cut_graph(graph, HEAD_OUTPUTS)
-            # One network gives every output: the heads need all of it, so the whole session serves /spot.
-            self.heads = (
-                self.session
-                if len(heads.graph.node) == len(graph.graph.node)
-                else ort.InferenceSession(heads.SerializeToString(), options, providers=choose_providers(providers))
-            )
         except Exception as exc:  # noqa: BLE001 - ORT and onnx raise their own types for a bad graph
             raise ModelError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from None
-        self.provider = self.session.get_providers()[0]
+        self.provider = self.heads.get_providers()[0]
         if require_gpu and self.provider == "CPUExecutionProvider":
             raise ModelError("a GPU was required (SPOT_REQUIRE_GPU) but ONNX Runtime runs on the CPU")
         pre = self.meta["preprocessing"]
@@ -135,18 +135,22 @@ class ExportedModel:
 
     def run(self, batch: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
         names = names or self.outputs
-        session = self.session
-        if set(names) <= set(self.layers):
-            session = self.trunk
-        elif set(names) <= set(HEAD_OUTPUTS):
-            session = self.heads
         n = len(batch)
         if n < self.pad_to:
             batch = np.concatenate([batch, np.zeros((self.pad_to - n, *batch.shape[1:]), np.float32)])
-        outputs = session.run(names, {"images": np.ascontiguousarray(batch, np.float32)})
-        return {name: out[:n] for name, out in zip(names, outputs)}
+        feeds = {"images": np.ascontiguousarray(batch, np.float32)}
+        layers = [name for name in names if name in self.layers]
+        others = [name for name in names if name not in self.layers]
+        if not others:
+            outputs = dict(zip(layers, self.trunk.run(layers, feeds)))
+        elif not layers or self.one_network:
+            outputs = dict(zip(names, self.heads.run(names, feeds)))
+        else:  # two networks, outputs of both
+            outputs = dict(zip(layers, self.trunk.run(layers, feeds))) | dict(
+                zip(others, self.heads.run(others, feeds))
+            )
+        return {name: outputs[name][:n] for name in names}
 
     def warm_up(self) -> None:
-        self.run(np.zeros((1, 3, self.size, self.size), np.float32))
         self.run(np.zeros((1, 3, self.size, self.size), np.float32), self.layers)
         self.run(np.zeros((1, 3, self.size, self.size), np.float32), HEAD_OUTPUTS)

@@ -872,7 +872,7 @@ def test_padded_batches_run_one_input_shape_and_give_the_same_outputs(model_dir)
     plain = model.run(x)
     model.pad_batches("on", 8)
     shapes = []
-    for session in {id(s): s for s in (model.session, model.trunk, model.heads)}.values():
+    for session in {id(s): s for s in (model.trunk, model.heads)}.values():
         real_run = session.run
         session.run = lambda names, feeds, real_run=real_run: shapes.append(feeds["images"].shape) or real_run(
             names, feeds

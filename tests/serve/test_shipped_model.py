@@ -52,6 +52,25 @@ def test_onnx_runtime_alone_runs_it_without_torch():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
+def test_its_two_networks_run_apart_and_give_what_the_whole_graph_gives():
+    """Version 7's feature maps come from another network than its heads (model.json `features_from`): the
+    service keeps a session for each, not a third for the whole graph, and any mix of outputs is still exact."""
+    import onnxruntime as ort
+
+    from service.model import ExportedModel
+
+    model = ExportedModel(SHIPPED, "cpu")
+    assert not model.one_network and json.loads((SHIPPED / "model.json").read_text())["features_from"]
+    x = np.random.default_rng(0).uniform(-120, 130, (3, 3, 64, 64)).astype(np.float32)
+    whole = ort.InferenceSession(str(SHIPPED / "model.onnx"), providers=["CPUExecutionProvider"])
+    want = dict(zip(model.outputs, whole.run(model.outputs, {"images": x})))
+    for names in (None, ["mask_logits", "conv2"], ["conv5"], ["real_logit"]):
+        got = model.run(x, names)
+        assert list(got) == (names or model.outputs)
+        for name, values in got.items():
+            np.testing.assert_allclose(values, want[name], rtol=1e-5, atol=1e-4)
+
+
 def test_the_service_serves_it_by_default():
     s = Server(model_dir=SHIPPED)
     try:
