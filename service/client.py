@@ -8,14 +8,16 @@ back, as tritonclient or timm would:
         feats = client.features(["a.jpg", "b.png"], layers=["conv3"])   # {"conv3": array (2, C)}
         [result] = client.spot(["photo.jpg"], heatmap="values")          # score, mask and heatmap arrays
 
-From the command line: `python -m service.client spot|features PATH... [--url ...]`.
+From the command line: `python -m service.client spot|features|evaluate PATH... [--url ...]`.
 PATHs are image files or folders (searched recursively for image files). Images go to the server in
 requests of at most `--per-request` (the server's SPOT_MAX_FILES, 16 by default), several requests at a
 time so that the server batches them. `spot` prints each image's artifact score and writes
 `<image file name>.overlay.png` (red = likely altered); `features` prints each layer's shape and writes
 `<image file name>.<layer>.npy`, or with `--stack FILE.npz` one array per layer for all images plus their
 `names`. Outputs go beside each image, or under --out (a folder's images under the folder's name). An image
-the server cannot take is reported with its error and the others go on (exit status 1).
+the server cannot take is reported with its error and the others go on (exit status 1). `evaluate` takes
+dataset folders in CNNDetection's layout (0_real/, 1_fake/) and prints AP, ROC-AUC and the accuracies
+(service/evaluate.py).
 """
 
 from __future__ import annotations
@@ -189,7 +191,11 @@ class SpotClient:
             time.sleep(retry_after(r))
         if r.status_code != 200:
             raise failure(r)
-        return r.json()["results"]
+        body = r.json()
+        if "threshold" in body:  # /spot's: what each image's `altered` was decided by
+            for item in body["results"]:
+                item["threshold"] = body["threshold"]
+        return body["results"]
 
     def _all(self, command: str, params: dict, images: Iterable) -> list[dict]:
         images = list(images)
@@ -233,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m service.client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["spot", "features"])
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
+    parser.add_argument("command", choices=["spot", "features", "evaluate"])
+    parser.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH", help="image files or folders; evaluate: dataset folders"
+    )
     parser.add_argument("--url", default=os.environ.get("SPOT_URL", DEFAULT_URL))
     parser.add_argument("--api-key", default=os.environ.get("SPOT_API_KEY", ""))
     parser.add_argument("--out", type=Path, help="folder for the outputs (default: beside each image)")
@@ -252,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return 2
+    if args.command == "evaluate":
+        from .evaluate import run
+
+        return run(args)
     images = expand(args.paths)
     if not images:
         print("error: no image files found", file=sys.stderr)

@@ -4,6 +4,7 @@ same answer as the server called directly, its arrays have the right shapes, and
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import numpy as np
@@ -61,3 +62,68 @@ def test_a_failing_image_is_named_and_nothing_else_is_lost(server):
         with pytest.raises(ValueError, match="uint8"):
             c.features([np.zeros((8, 8, 3), np.float32)])
         assert c.features([good], layers=["conv3"])["conv3"].shape[0] == 1  # the client still works
+
+
+def test_detection_metrics_equal_sklearns_with_ties():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from service.evaluate import average_precision, roc_auc, row
+
+    rng = np.random.default_rng(0)
+    for n in (2, 7, 300):
+        scores = rng.integers(0, 5, n) / 4  # many ties
+        altered = rng.random(n) < 0.4
+        altered[:2] = [True, False]
+        assert roc_auc(scores, altered) == pytest.approx(roc_auc_score(altered, scores), abs=1e-12)
+        assert average_precision(scores, altered) == pytest.approx(average_precision_score(altered, scores), abs=1e-12)
+    one_kind = row([0.2, 0.9], [False, True], [False, False])
+    assert one_kind["ap"] is None and one_kind["roc_auc"] is None and one_kind["real_acc"] == 0.5
+    assert one_kind["fake_acc"] is None and one_kind["acc"] == 0.5
+
+
+def test_evaluate_reports_cnndetections_figures_for_labelled_folders(server, tmp_path):
+    """Two datasets in CNNDetection's layout (0_real/, 1_fake/ under class folders), an unlabelled image and an
+    unreadable one: the rows agree with the scores /spot gives each image, the bad image is named."""
+    import subprocess
+    import sys
+
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from ..conftest import DATA, REPO
+
+    photos = sorted((DATA / "photos" / "stl10_unlabeled").rglob("*.png"))[:12]
+    labels = {}
+    for k, photo in enumerate(photos):
+        altered = k % 2 == 1
+        folder = tmp_path / ("gen_a" if k < 8 else "gen_b") / "cat" / ("1_fake" if altered else "0_real")
+        folder.mkdir(parents=True, exist_ok=True)
+        rgb = np.asarray(Image.open(photo).convert("RGB")).copy()
+        if altered:  # a crude alteration: a flat square pasted in
+            rgb[20:60, 20:60] = rgb[20:60, 20:60].mean((0, 1))
+        Image.fromarray(rgb).save(folder / f"{k}.png")
+        labels[folder / f"{k}.png"] = altered
+    (tmp_path / "gen_a" / "notes.png").write_bytes(png_bytes(Image.new("RGB", (64, 64))))  # no label
+    (tmp_path / "gen_b" / "cat" / "1_fake" / "broken.jpg").write_bytes(_truncated_jpeg())
+    cmd = [sys.executable, "-m", "service.client", "evaluate", str(tmp_path / "gen_a"), str(tmp_path / "gen_b")]
+    r = subprocess.run([*cmd, "--url", server.url], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "1 of 13 images failed" in r.stderr, r.stderr
+    report = json.loads(r.stdout)
+    assert report["unlabelled"] == 1 and [f["image"] for f in report["failed"]] == [
+        str(tmp_path / "gen_b" / "cat" / "1_fake" / "broken.jpg")
+    ]
+    with SpotClient(server.url) as c:
+        answers = dict(zip(labels, c.spot(list(labels))))
+    assert report["threshold"] == next(iter(answers.values()))["threshold"]
+    for name, keep in (("gen_a", lambda p: "gen_a" in p.parts), ("gen_b", lambda p: "gen_b" in p.parts), ("all", bool)):
+        chosen = [p for p in labels if keep(p)]
+        y = np.array([labels[p] for p in chosen])
+        s = np.array([answers[p]["artifact_score"] for p in chosen])
+        flagged = np.array([answers[p]["altered"] for p in chosen])
+        got = report["datasets"][name]
+        assert (got["real"], got["fake"]) == (int((~y).sum()), int(y.sum()))
+        assert got["roc_auc"] == pytest.approx(roc_auc_score(y, s)) and got["ap"] == pytest.approx(
+            average_precision_score(y, s)
+        )
+        assert got["acc"] == pytest.approx((flagged == y).mean())
+        assert got["fake_acc"] == pytest.approx(flagged[y].mean())
+        assert got["real_acc"] == pytest.approx((~flagged[~y]).mean())

@@ -1,0 +1,106 @@
+"""`python -m service.client evaluate DATASET...`: how well the served model tells real from altered images
+in a user's labelled folders, reported as CNNDetection reports it (AP, ROC-AUC, accuracy, real accuracy,
+fake accuracy at the server's threshold).
+
+Labels come from folder names, CNNDetection's layout: an image with a `0_real` (or `real`) folder on its path
+under DATASET is real, one with `1_fake` (or `fake`) altered; others are counted as unlabelled and left out.
+Each DATASET gets its own row (e.g. one per generator), plus `all` when there are several."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REAL_FOLDERS, FAKE_FOLDERS = {"0_real", "real"}, {"1_fake", "fake"}
+
+
+def label(path: Path, root: Path) -> bool | None:
+    """True = altered, False = real, None = neither folder on the path below the dataset's root."""
+    parts = set(path.relative_to(root).parts[:-1])
+    if parts & FAKE_FOLDERS and not parts & REAL_FOLDERS:
+        return True
+    if parts & REAL_FOLDERS and not parts & FAKE_FOLDERS:
+        return False
+    return None
+
+
+def roc_auc(scores: np.ndarray, altered: np.ndarray) -> float:
+    """The chance that an altered image scores above a real one, ties counting half (the Mann-Whitney
+    statistic: sklearn's roc_auc_score, without sklearn on the serving side)."""
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # 1-based, ties at their average rank
+    pos = int(altered.sum())
+    neg = len(altered) - pos
+    return float((ranks[altered].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def average_precision(scores: np.ndarray, altered: np.ndarray) -> float:
+    """Precision averaged over the recall steps of a falling threshold, tied scores as one threshold
+    (sklearn's average_precision_score)."""
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], altered[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last image at each distinct score
+    tp, seen = np.cumsum(y)[last], last + 1
+    recall = tp / tp[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * tp / seen))
+
+
+def row(scores: list[float], flagged: list[bool], altered: list[bool]) -> dict:
+    """CNNDetection's figures for one set of scored images; AP and ROC-AUC need both kinds (else None)."""
+    s, f, y = np.asarray(scores, np.float64), np.asarray(flagged, bool), np.asarray(altered, bool)
+    both = 0 < y.sum() < len(y)
+    return {
+        "real": int((~y).sum()),
+        "fake": int(y.sum()),
+        "ap": average_precision(s, y) if both else None,
+        "roc_auc": roc_auc(s, y) if both else None,
+        "acc": float((f == y).mean()) if len(y) else None,
+        "real_acc": float((~f[~y]).mean()) if (~y).any() else None,
+        "fake_acc": float(f[y].mean()) if y.any() else None,
+    }
+
+
+def run(args) -> int:
+    """The `evaluate` command: every labelled image of every DATASET through /spot, then a row per dataset."""
+    from .client import SpotClient, expand
+
+    datasets: dict[str, list[tuple[Path, bool]]] = {}
+    unlabelled = 0
+    for root in args.paths:
+        if not root.is_dir():
+            print(
+                f"error: evaluate takes dataset folders (with 0_real/ and 1_fake/ below), not {root}", file=sys.stderr
+            )
+            return 2
+        labelled = [(path, label(path, root)) for path, _ in expand([root])]
+        unlabelled += sum(y is None for _, y in labelled)
+        name = root.resolve().name if root.resolve().name not in datasets else str(root)
+        datasets[name] = [(path, y) for path, y in labelled if y is not None]
+    if not any(datasets.values()):
+        print("error: no image under a 0_real/ or 1_fake/ folder (CNNDetection's layout)", file=sys.stderr)
+        return 2
+    scored: dict[str, tuple[list, list, list]] = {}
+    failed, threshold = [], None
+    with SpotClient(args.url, args.api_key, args.timeout, args.per_request, args.concurrency) as client:
+        for name, images in datasets.items():
+            scores, flags, labels = scored.setdefault(name, ([], [], []))
+            for i, item in client.results("spot", {"heatmap": "none"}, [path for path, _ in images]):
+                if "error" in item:
+                    failed.append({"image": str(images[i][0]), "error": item["error"]})
+                    continue
+                scores.append(item["artifact_score"])
+                flags.append(item["altered"])
+                labels.append(images[i][1])
+                threshold = item["threshold"]
+    rows = {name: row(*columns) for name, columns in scored.items()}
+    if len(rows) > 1:
+        rows["all"] = row(*(sum((list(c[k]) for c in scored.values()), []) for k in range(3)))
+    report = {"threshold": threshold, "datasets": rows, "unlabelled": unlabelled, "failed": failed}
+    print(json.dumps(report, indent=2))
+    if failed:
+        total = sum(len(images) for images in datasets.values())
+        print(f"error: {len(failed)} of {total} images failed (see 'failed'); the rows leave them out", file=sys.stderr)
+    return 1 if failed else 0
