@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import io
 import json
 import os
@@ -38,20 +39,23 @@ import numpy as np
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 OWN_OUTPUTS = ".overlay.png"  # what `spot` writes: never read back as an input
-PER_IMAGE_ERRORS = (400, 413)  # what one image can cause: that image fails, the others go on
+PER_IMAGE_ERRORS = (400, 413, 500)  # what one image can cause (a server bug too): that image fails, the others go on
+PASSING_ERRORS = (502, 503, 504)  # what a chunk meets by bad luck (busy after retries, a proxy, a timeout)
+PNG_MODES = {"1", "L", "LA", "I;16", "P", "RGB", "RGBA"}  # the PIL modes PNG holds as they are
 BUSY_RETRIES = 5  # 503 (the server's queue or its connections are full): wait, then again
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class ServerError(RuntimeError):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, busy: bool = False):
         super().__init__(f"{status} {message}")
-        self.status = status
+        self.status, self.busy = status, busy
 
 
 def upload(image, index: int) -> tuple[str, bytes]:
     """(file name, encoded bytes) of one image: a path is read, bytes go as they are, a PIL image or an
-    HxW / HxWx3 / HxWx4 uint8 array is sent as PNG (lossless: the server sees exactly these pixels)."""
+    HxW / HxWx3 / HxWx4 uint8 array is sent as PNG (lossless: the server sees exactly these pixels). An
+    unreadable file raises OSError, an array or object of another kind ValueError or TypeError."""
     if isinstance(image, (str, os.PathLike)):
         return Path(image).name, Path(image).read_bytes()
     if isinstance(image, (bytes, bytearray, memoryview)):
@@ -66,6 +70,11 @@ def upload(image, index: int) -> tuple[str, bytes]:
         image = Image.fromarray(image)
     if isinstance(image, Image.Image):
         buffer = io.BytesIO()
+        if image.mode in ("I", "F"):  # 32-bit: TIFF holds it, and the server scales it as it would a file's
+            image.save(buffer, format="TIFF")
+            return f"image{index}.tiff", buffer.getvalue()
+        if image.mode not in PNG_MODES:  # CMYK, YCbCr...: converted as the server converts them
+            image = image.convert("RGBA" if "A" in image.mode.upper() else "RGB")
         image.save(buffer, format="PNG")
         return f"image{index}.png", buffer.getvalue()
     raise TypeError(f"image {index}: a path, bytes, a PIL image or a uint8 array, not {type(image).__name__}")
@@ -80,11 +89,11 @@ def retry_after(r: httpx.Response) -> float:
         return 1.0
 
 
-def failure(r: httpx.Response) -> ServerError:
+def failure(r: httpx.Response, busy: bool = False) -> ServerError:
     json_body = r.headers.get("content-type", "").startswith("application/json")
     detail = str(r.json().get("detail")) if json_body else r.text
     # the ID the server's log names this request by: what to quote when reporting the failure
-    return ServerError(r.status_code, f"{detail} (request {r.headers.get('x-request-id', '-')})")
+    return ServerError(r.status_code, f"{detail} (request {r.headers.get('x-request-id', '-')})", busy)
 
 
 class SpotClient:
@@ -129,7 +138,7 @@ class SpotClient:
         if layers is not None:
             params["layers"] = ",".join(layers)
         stacked: dict[str, list[np.ndarray]] = {}
-        for item in self._all("features", params, images):
+        for item in self._all("features", params, images, lambda item: item):
             for layer, f in item["features"].items():
                 stacked.setdefault(layer, []).append(feature_values(f))
         return {layer: np.stack(values) for layer, values in stacked.items()}
@@ -139,45 +148,73 @@ class SpotClient:
         (rows, cols) of drop probabilities, `heatmap.values` at the image's size (heatmap="values"); a
         heatmap asked as "png" or "overlay" comes as PNG bytes in `heatmap.png`. Raises ServerError when any
         image fails (every failure named)."""
-        answers = self._all("spot", {"heatmap": heatmap}, images)
-        for item in answers:
+
+        def with_arrays(item: dict) -> dict:  # as each answer comes: JSON lists take ~14x the array's memory
             item["mask"]["values"] = np.asarray(item["mask"]["values"], np.float32)
             if "values" in item.get("heatmap", {}):
                 item["heatmap"]["values"] = np.asarray(item["heatmap"]["values"], np.float32)
             elif "png_base64" in item.get("heatmap", {}):
                 item["heatmap"]["png"] = base64.b64decode(item["heatmap"].pop("png_base64"))
-        return answers
+            return item
+
+        return self._all("spot", {"heatmap": heatmap}, images, with_arrays)
 
     def results(self, command: str, params: dict, images: list) -> Iterator[tuple[int, dict]]:
-        """(index, answer or {"error": ..., "status": ...}) per image, in order, as the requests come back;
-        an image is read or encoded only when its request goes."""
+        """(index, answer or {"error": ..., "status": ...}) per image, in order, as the requests come back.
+        An image is read or encoded only when its request goes, and at most 2 x `concurrency` requests are
+        sent ahead of the caller, so a folder of any size takes bounded memory; a caller that stops early
+        leaves no request behind that had not been sent."""
         size = self.per_request
         chunks = [list(range(i, min(i + size, len(images)))) for i in range(0, len(images), size)]
 
         def ask(chunk: list[int]) -> list[dict]:
             return self.results_or_errors(command, params, [(i, images[i]) for i in chunk])
 
-        pool = ThreadPoolExecutor(self.concurrency)
+        pool, ahead = ThreadPoolExecutor(self.concurrency), collections.deque()
         try:
-            for chunk, answers in zip(chunks, pool.map(ask, chunks)):
-                yield from zip(chunk, answers)
-        finally:  # a caller that stops early leaves no requests behind that were not sent yet
-            pool.shutdown(cancel_futures=True)
+            for chunk in chunks:
+                ahead.append((chunk, pool.submit(ask, chunk)))
+                if len(ahead) >= 2 * self.concurrency:
+                    chunk, answers = ahead.popleft()
+                    yield from zip(chunk, answers.result())
+            while ahead:
+                chunk, answers = ahead.popleft()
+                yield from zip(chunk, answers.result())
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def results_or_errors(self, command: str, params: dict, images: list[tuple[int, object]]) -> list[dict]:
-        """One request for the chunk. When the server refuses it for one of its images (400 unreadable, 413
-        too large) or for their number (413), each image alone: a bad file costs only itself. A chunk the
-        server could not answer (busy after retries, 504, a timeout) fails its images; the others go on."""
+        """The chunk's answers, a file that cannot be read failing alone (OSError); the others in one request."""
+        uploads, unread = [], {}
+        for i, image in images:
+            try:
+                uploads.append(upload(image, i))
+            except OSError as exc:
+                unread[i] = {"error": f"cannot read it: {exc}", "status": 400}
+        answers = iter(self.answers_or_errors(command, params, uploads) if uploads else [])
+        return [unread[i] if i in unread else next(answers) for i, _ in images]
+
+    def answers_or_errors(self, command: str, params: dict, uploads: list[tuple[str, bytes]]) -> list[dict]:
+        """One request. When the server refuses it for one of its images (400 unreadable, 413 too large, 500
+        a server bug) or for their number (413), each half again: a bad file costs only itself, and a chunk
+        too big for the server's SPOT_MAX_FILES keeps batching. A chunk the server could not answer (busy
+        after retries, 502, 504, a timeout, a dropped connection) fails its images; the others go on."""
         try:
-            return self.post(command, params, [upload(image, i) for i, image in images])
+            return self.post(command, params, uploads)
         except ServerError as exc:
-            if exc.status in PER_IMAGE_ERRORS and len(images) > 1:
-                return [item for one in images for item in self.results_or_errors(command, params, [one])]
-            if exc.status in (*PER_IMAGE_ERRORS, 503, 504):
-                return [{"error": str(exc), "status": exc.status}] * len(images)
-            raise  # 401, 415, 422...: every request would fail the same way
-        except httpx.TimeoutException as exc:
-            return [{"error": f"no answer within the timeout: {exc!r}", "status": 504}] * len(images)
+            if exc.status in PER_IMAGE_ERRORS and len(uploads) > 1:
+                half = len(uploads) // 2
+                return [
+                    *self.answers_or_errors(command, params, uploads[:half]),
+                    *self.answers_or_errors(command, params, uploads[half:]),
+                ]
+            if exc.status in PER_IMAGE_ERRORS or (exc.status in PASSING_ERRORS and (exc.busy or exc.status != 503)):
+                return [{"error": str(exc), "status": exc.status} for _ in uploads]
+            raise  # 401, 415, 422, a model not loaded...: every request would fail the same way
+        except httpx.ConnectError:
+            raise  # nothing listens there
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            return [{"error": f"no answer: {exc!r}", "status": 504} for _ in uploads]
 
     def post(self, command: str, params: dict, uploads: list[tuple[str, bytes]]) -> list[dict]:
         files = [("files", (name, data, "application/octet-stream")) for name, data in uploads]
@@ -190,18 +227,18 @@ class SpotClient:
                 break
             time.sleep(retry_after(r))
         if r.status_code != 200:
-            raise failure(r)
+            raise failure(r, busy=r.status_code == 503 and busy)
         body = r.json()
         if "threshold" in body:  # /spot's: what each image's `altered` was decided by
             for item in body["results"]:
                 item["threshold"] = body["threshold"]
         return body["results"]
 
-    def _all(self, command: str, params: dict, images: Iterable) -> list[dict]:
+    def _all(self, command: str, params: dict, images: Iterable, convert) -> list[dict]:
         images = list(images)
-        answers = [None] * len(images)
+        answers: list = [None] * len(images)
         for i, answer in self.results(command, params, images):
-            answers[i] = answer
+            answers[i] = answer if "error" in answer else convert(answer)
         failed = [(i, a) for i, a in enumerate(answers) if "error" in a]
         if failed:
             named = "; ".join(f"image {i} ({upload_name(images[i], i)}): {a['error']}" for i, a in failed)
@@ -218,6 +255,23 @@ def feature_values(f: dict) -> np.ndarray:
     return np.frombuffer(base64.b64decode(f["values"]), "<f4").reshape(f["shape"])
 
 
+def image_files(folder: Path) -> list[Path]:
+    """A folder's image files at any depth, sorted; symlinked folders are followed (datasets are often farms
+    of links), each real folder once, so a link back up does not loop."""
+    found, seen = [], set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        if os.path.realpath(top) in seen:
+            dirs.clear()
+            continue
+        seen.add(os.path.realpath(top))
+        found += [
+            Path(top) / name
+            for name in files
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.endswith(OWN_OUTPUTS)
+        ]
+    return sorted(found)
+
+
 def expand(paths: list[Path]) -> list[tuple[Path, Path]]:
     """(image, where its outputs go relative to --out): a file as its name, a folder's images under the
     folder's name, as they lie in it, so that two folders' x.jpg do not overwrite each other's outputs."""
@@ -225,11 +279,7 @@ def expand(paths: list[Path]) -> list[tuple[Path, Path]]:
     for path in paths:
         if path.is_dir():
             top = Path(path.resolve().name)
-            found += [
-                (p, top / p.relative_to(path))
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(OWN_OUTPUTS)
-            ]
+            found += [(p, top / p.relative_to(path)) for p in image_files(path)]
         else:
             found.append((path, Path(path.name)))
     return found

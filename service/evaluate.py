@@ -3,8 +3,9 @@ in a user's labelled folders, reported as CNNDetection reports it (AP, ROC-AUC, 
 fake accuracy at the server's threshold).
 
 Labels come from folder names, CNNDetection's layout: an image with a `0_real` (or `real`) folder on its path
-under DATASET is real, one with `1_fake` (or `fake`) altered; others are counted as unlabelled and left out.
-Each DATASET gets its own row (e.g. one per generator), plus `all` when there are several."""
+(the DATASET folder itself included; case does not matter) is real, one with `1_fake` (or `fake`) altered;
+one with neither, or both, is counted as unlabelled and left out. Each DATASET gets its own row (e.g. one
+per generator), and `all` pools them when there are several."""
 
 from __future__ import annotations
 
@@ -18,13 +19,10 @@ REAL_FOLDERS, FAKE_FOLDERS = {"0_real", "real"}, {"1_fake", "fake"}
 
 
 def label(path: Path, root: Path) -> bool | None:
-    """True = altered, False = real, None = neither folder on the path below the dataset's root."""
-    parts = set(path.relative_to(root).parts[:-1])
-    if parts & FAKE_FOLDERS and not parts & REAL_FOLDERS:
-        return True
-    if parts & REAL_FOLDERS and not parts & FAKE_FOLDERS:
-        return False
-    return None
+    """True = altered, False = real, None = neither folder (or both) on the path from the dataset's root."""
+    parts = {part.lower() for part in (root.name, *path.relative_to(root).parts[:-1])}
+    real, fake = bool(parts & REAL_FOLDERS), bool(parts & FAKE_FOLDERS)
+    return None if real == fake else fake
 
 
 def roc_auc(scores: np.ndarray, altered: np.ndarray) -> float:
@@ -69,6 +67,10 @@ def run(args) -> int:
 
     datasets: dict[str, list[tuple[Path, bool]]] = {}
     unlabelled = 0
+    roots = [root.resolve() for root in args.paths]
+    if len(set(roots)) < len(roots):
+        print("error: a dataset folder is given twice", file=sys.stderr)
+        return 2
     for root in args.paths:
         if not root.is_dir():
             print(
@@ -77,7 +79,7 @@ def run(args) -> int:
             return 2
         labelled = [(path, label(path, root)) for path, _ in expand([root])]
         unlabelled += sum(y is None for _, y in labelled)
-        name = root.resolve().name if root.resolve().name not in datasets else str(root)
+        name = root.resolve().name if root.resolve().name not in datasets else str(root.resolve())
         datasets[name] = [(path, y) for path, y in labelled if y is not None]
     if not any(datasets.values()):
         print("error: no image under a 0_real/ or 1_fake/ folder (CNNDetection's layout)", file=sys.stderr)
@@ -88,17 +90,16 @@ def run(args) -> int:
         for name, images in datasets.items():
             scores, flags, labels = scored.setdefault(name, ([], [], []))
             for i, item in client.results("spot", {"heatmap": "none"}, [path for path, _ in images]):
-                if "error" in item:
-                    failed.append({"image": str(images[i][0]), "error": item["error"]})
+                if "error" in item or not np.isfinite(item["artifact_score"] or np.nan):
+                    failed.append({"image": str(images[i][0]), "error": item.get("error", "no finite score")})
                     continue
                 scores.append(item["artifact_score"])
                 flags.append(item["altered"])
                 labels.append(images[i][1])
                 threshold = item["threshold"]
     rows = {name: row(*columns) for name, columns in scored.items()}
-    if len(rows) > 1:
-        rows["all"] = row(*(sum((list(c[k]) for c in scored.values()), []) for k in range(3)))
-    report = {"threshold": threshold, "datasets": rows, "unlabelled": unlabelled, "failed": failed}
+    pooled = row(*(sum((list(c[k]) for c in scored.values()), []) for k in range(3))) if len(rows) > 1 else None
+    report = {"threshold": threshold, "datasets": rows, "all": pooled, "unlabelled": unlabelled, "failed": failed}
     print(json.dumps(report, indent=2))
     if failed:
         total = sum(len(images) for images in datasets.values())

@@ -114,12 +114,13 @@ def test_evaluate_reports_cnndetections_figures_for_labelled_folders(server, tmp
     with SpotClient(server.url) as c:
         answers = dict(zip(labels, c.spot(list(labels))))
     assert report["threshold"] == next(iter(answers.values()))["threshold"]
+    rows = {**report["datasets"], "all": report["all"]}
     for name, keep in (("gen_a", lambda p: "gen_a" in p.parts), ("gen_b", lambda p: "gen_b" in p.parts), ("all", bool)):
         chosen = [p for p in labels if keep(p)]
         y = np.array([labels[p] for p in chosen])
         s = np.array([answers[p]["artifact_score"] for p in chosen])
         flagged = np.array([answers[p]["altered"] for p in chosen])
-        got = report["datasets"][name]
+        got = rows[name]
         assert (got["real"], got["fake"]) == (int((~y).sum()), int(y.sum()))
         assert got["roc_auc"] == pytest.approx(roc_auc_score(y, s)) and got["ap"] == pytest.approx(
             average_precision_score(y, s)
@@ -127,3 +128,62 @@ def test_evaluate_reports_cnndetections_figures_for_labelled_folders(server, tmp
         assert got["acc"] == pytest.approx((flagged == y).mean())
         assert got["fake_acc"] == pytest.approx(flagged[y].mean())
         assert got["real_acc"] == pytest.approx((~flagged[~y]).mean())
+
+
+def test_labels_follow_cnndetections_folders_in_any_case_and_through_links(tmp_path):
+    from service.client import image_files
+    from service.evaluate import label
+
+    root = tmp_path / "1_fake"
+    assert label(root / "x.png", root) is True  # the dataset folder itself names the label
+    assert label(tmp_path / "Real" / "x.png", tmp_path) is False and label(tmp_path / "FAKE" / "a" / "x.png", tmp_path)
+    assert label(tmp_path / "1_fake" / "0_real" / "x.png", tmp_path) is None  # both: unlabelled
+    assert label(tmp_path / "other" / "x.png", tmp_path) is None
+    (tmp_path / "store").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "store" / "a.png")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "0_real").symlink_to(tmp_path / "store")  # a farm of links, as datasets often are
+    (tmp_path / "store" / "loop").symlink_to(tmp_path / "ds")  # and a link back up: no endless walk
+    assert image_files(tmp_path / "ds") == [tmp_path / "ds" / "0_real" / "a.png"]
+
+
+def answered(client, route: str) -> float:
+    """Requests the server answered 200 on `route` so far, from its /metrics."""
+    line = f'spot_requests_total{{route="{route}",status="200"}} '
+    return sum(float(x.split()[-1]) for x in client.get("/metrics").text.splitlines() if x.startswith(line))
+
+
+def test_the_client_keeps_going_past_unreadable_files_odd_modes_and_a_small_server_limit(server, client, tmp_path):
+    """A missing file fails alone; a CMYK PIL image is sent as the server would convert it; 40 images in
+    requests of 40 to a server taking 16 are split in halves and all answered."""
+    good = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
+    rgb = Image.open(PHOTO).convert("RGB")
+    with SpotClient(server.url, per_request=40) as c:
+        answers = dict(c.results("features", {"layers": "conv5"}, [good, tmp_path / "missing.png", good]))
+        assert answers[1]["status"] == 400 and "missing.png" in answers[1]["error"]
+        assert answers[0]["features"]["conv5"]["values"] == answers[2]["features"]["conv5"]["values"]
+        cmyk, plain = c.features([rgb.convert("CMYK"), rgb.convert("CMYK").convert("RGB")], layers=["conv5"])["conv5"]
+        np.testing.assert_allclose(cmyk, plain, rtol=1e-6, atol=1e-6)
+        before = answered(client, "/features")
+        many = c.features([good] * 40, layers=["conv5"])["conv5"]
+    assert many.shape[0] == 40 and np.allclose(many, many[0])
+    assert answered(client, "/features") - before == 4  # four requests of 10, not 40 of one
+
+
+def test_the_client_needs_none_of_the_servers_libraries():
+    """What `pip install .[client]` gives (httpx, numpy, Pillow) is enough: no FastAPI, ONNX Runtime, torch..."""
+    import ast
+    import subprocess
+    import sys
+
+    from ..conftest import REPO
+
+    code = (
+        "import sys, numpy as np; from service import client, evaluate; client.upload(np.zeros((4, 4, 3), np.uint8), 0); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names)))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    loaded = set(ast.literal_eval(r.stdout))
+    assert {"httpx", "numpy", "PIL"} <= loaded, r.stderr
+    server_side = {"fastapi", "starlette", "uvicorn", "onnxruntime", "onnx", "pydantic", "torch", "grpc", "sklearn"}
+    assert not loaded & server_side
