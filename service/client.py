@@ -12,7 +12,8 @@ From the command line: `python -m service.client spot|features|evaluate PATH... 
 PATHs are image files or folders (searched recursively for image files). Images go to the server in
 requests of at most `--per-request` (the server's SPOT_MAX_FILES, 16 by default), several requests at a
 time so that the server batches them. `spot` prints each image's artifact score and writes
-`<image file name>.overlay.png` (red = likely altered); `features` prints each layer's shape and writes
+`<image file name>.overlay.png` (red = likely altered; `--heatmap png` a greyscale `.heatmap.png`, `none`
+nothing); `features` prints each layer's shape and writes
 `<image file name>.<layer>.npy`, or with `--stack FILE.npz` one array per layer for all images plus their
 `names`. Outputs go beside each image, or under --out (a folder's images under the folder's name). An image
 the server cannot take is reported with its error and the others go on (exit status 1). `evaluate` takes
@@ -38,7 +39,7 @@ import httpx
 import numpy as np
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-OWN_OUTPUTS = ".overlay.png"  # what `spot` writes: never read back as an input
+OWN_OUTPUTS = {"overlay": ".overlay.png", "png": ".heatmap.png"}  # what `spot` writes: never read back as input
 PER_IMAGE_ERRORS = (400, 413, 500)  # what one image can cause (a server bug too): that image fails, the others go on
 PASSING_ERRORS = (502, 503, 504)  # what a chunk meets by bad luck (busy after retries, a proxy, a timeout)
 PNG_MODES = {"1", "L", "LA", "I;16", "P", "RGB", "RGBA"}  # the PIL modes PNG holds as they are
@@ -267,7 +268,7 @@ def image_files(folder: Path) -> list[Path]:
         found += [
             Path(top) / name
             for name in files
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.endswith(OWN_OUTPUTS)
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.endswith(tuple(OWN_OUTPUTS.values()))
         ]
     return sorted(found)
 
@@ -300,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         "--layers", help="features: comma-separated layers (default: the model's default_layer, see GET /models)"
     )
     parser.add_argument("--pool", default="avg", help="features: none | avg | max | probe")
+    parser.add_argument(
+        "--heatmap",
+        choices=["overlay", "png", "none"],
+        default="overlay",
+        help="spot: write <image>.overlay.png (red over the image), <image>.heatmap.png (greyscale), or only the scores",
+    )
     parser.add_argument("--stack", type=Path, help="features: one .npz for all images instead of .npy files")
     parser.add_argument("--per-request", type=int, default=16, help="images per request (the server's SPOT_MAX_FILES)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
@@ -324,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: several inputs would write the same outputs ({', '.join(twice)}); pass folders", file=sys.stderr)
         return 2
     if args.command == "spot":
-        params = {"heatmap": "overlay"}
+        params = {"heatmap": args.heatmap}
     else:
         params = {"pool": args.pool, "encoding": "base64", "dtype": "float32"}
         if args.layers:
@@ -356,11 +363,14 @@ def write(args, path: Path, target: Path, item: dict, stacked: dict, names: list
     if "error" in item:
         return {"image": str(path), "error": item["error"]}
     if args.command == "spot":
-        out = target.with_name(f"{target.name}{OWN_OUTPUTS}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(base64.b64decode(item["heatmap"]["png_base64"]))
-        return {"image": str(path), "artifact_score": round(item["artifact_score"], 4), "altered": item["altered"],
-                "tiles": item["tiling"]["tiles"], "scale": item["tiling"].get("scale", 1.0), "overlay": str(out)}  # fmt: skip
+        entry = {"image": str(path), "artifact_score": round(item["artifact_score"], 4), "altered": item["altered"],
+                 "tiles": item["tiling"]["tiles"], "scale": item["tiling"].get("scale", 1.0)}  # fmt: skip
+        if args.heatmap != "none":
+            out = target.with_name(f"{target.name}{OWN_OUTPUTS[args.heatmap]}")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(base64.b64decode(item["heatmap"]["png_base64"]))
+            entry["overlay" if args.heatmap == "overlay" else "heatmap"] = str(out)
+        return entry
     entry = {"image": str(path)}
     for layer, f in item["features"].items():
         values = feature_values(f)

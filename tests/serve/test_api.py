@@ -464,6 +464,19 @@ def test_command_line_client_writes_overlays_and_features(server, tmp_path):
     report = json.loads(r.stdout)
     assert 0 <= report[0]["artifact_score"] <= 1
     assert Image.open(out / "china.jpg.overlay.png").size == (640, 427)
+    for heatmap, written in (("png", "china.jpg.heatmap.png"), ("none", None)):
+        r = subprocess.run(
+            [*base, "spot", str(image), "--url", server.url, "--out", str(out / heatmap), "--heatmap", heatmap],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0 and json.loads(r.stdout)[0]["artifact_score"] == report[0]["artifact_score"]
+        if written:  # greyscale, at the photo's size
+            assert Image.open(out / heatmap / written).mode == "L" and json.loads(r.stdout)[0]["heatmap"]
+        else:
+            assert not (out / heatmap).exists() and "overlay" not in json.loads(r.stdout)[0]
     r = subprocess.run(
         [*base, "features", str(image), "--url", server.url, "--out", str(out), "--layers", "conv4,conv5"],
         cwd=REPO,
