@@ -95,11 +95,11 @@ def service_rows(model_dir: Path, photos: Path, device: str, clients: list[int],
         level = dict(model_dir=model_dir, bodies=bodies, seconds=seconds, **settings)
         few = [c for c in clients if c <= 16]
 
-        def on_off(route: str, **extra) -> dict:
-            """One image per request, batching on and off, each over every client count."""
+        def on_off(route: str, levels: list[int] = clients, **extra) -> dict:
+            """One image per request, batching on and off, each over every client count in `levels`."""
             measured = {}
             for key, batching in (("on", True), ("off", False)):
-                rows = service.sweep(route=route, per_request=1, clients=clients, batching=batching, **extra, **level)
+                rows = service.sweep(route=route, per_request=1, clients=levels, batching=batching, **extra, **level)
                 measured[key] = rows
                 print(route, extra, key, {c: round(r["images_per_s"]) for c, r in rows.items()}, flush=True)
             return measured
@@ -107,7 +107,9 @@ def service_rows(model_dir: Path, photos: Path, device: str, clients: list[int],
         out = {route: on_off(route) for route in ("features", "spot")}
         out["features_16_per_request"] = {"on": service.sweep(route="features", per_request=16, clients=few, **level)}
         if workers > 1:  # several processes: the HTTP layer, one core each, no longer the bound (bench/README.md)
-            out["features_workers"] = {"workers": workers, **on_off("features", workers=str(workers))}
+            busy = [c for c in clients if c >= 16] or clients  # where batching can pay; issue 4 asks at 16
+            for route in ("features", "spot"):
+                out[f"{route}_workers"] = {"workers": workers, **on_off(route, busy, workers=str(workers))}
     return out
 
 
@@ -144,10 +146,12 @@ def summary(r: dict) -> list[str]:
         if "16" in on and "16" in off:
             line += f"; batching on / off at 16 clients **{on['16']['images_per_s'] / off['16']['images_per_s']:.2f}**"
         out.append(line)
-    if "features_workers" in svc:
-        w = svc["features_workers"]
+    for route in ("features", "spot"):
+        if f"{route}_workers" not in svc:
+            continue
+        w = svc[f"{route}_workers"]
         c, row = report.best(w["on"])
-        line = f"- `/features` with `SPOT_WORKERS={w['workers']}` sharing the GPU: {row['images_per_s']:.0f} img/s ({c} clients)"
+        line = f"- `/{route}` with `SPOT_WORKERS={w['workers']}` sharing the GPU: {row['images_per_s']:.0f} img/s ({c} clients)"
         if "16" in w["on"] and "16" in w.get("off", {}):
             line += f"; batching on / off at 16 clients **{w['on']['16']['images_per_s'] / w['off']['16']['images_per_s']:.2f}**"
         out.append(line)
@@ -197,10 +201,11 @@ def body(r: dict, level: str = "##") -> str:
         out += report.service_table(svc[route]["on"], svc[route]["off"]) + [""]
     out += ["`/features`, 16 images per request, batching on:", ""]
     out += report.service_table(svc["features_16_per_request"]["on"], None) + [""]
-    if "features_workers" in svc:
-        w = svc["features_workers"]
-        out += [f"`/features`, one image per request, `SPOT_WORKERS={w['workers']}` processes sharing the GPU:", ""]
-        out += report.service_table(w["on"], w.get("off")) + [""]
+    for route in ("features", "spot"):
+        if f"{route}_workers" in svc:
+            w = svc[f"{route}_workers"]
+            out += [f"`/{route}`, one image per request, `SPOT_WORKERS={w['workers']}` processes sharing the GPU:", ""]
+            out += report.service_table(w["on"], w.get("off")) + [""]
     return "\n".join(out)
 
 

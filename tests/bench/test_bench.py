@@ -50,7 +50,8 @@ def test_the_gpu_variant_runs_short_on_the_cpu_and_writes_its_report(tmp_path):
         assert all(r["non2xx"] == 0 for r in [*svc[route]["on"].values(), *svc[route]["off"].values()])
         assert all(r["images_per_run"] == pytest.approx(1.0) for r in svc[route]["off"].values())
     assert svc["features_16_per_request"]["on"]["1"]["images_per_run"] == pytest.approx(16)
-    assert svc["features_workers"]["workers"] == 2
+    assert svc["features_workers"]["workers"] == svc["spot_workers"]["workers"] == 2
+    assert set(svc["spot_workers"]["off"]) == {"1", "4"}  # no level of 16 or more asked: every one
     text = out.with_suffix(".md").read_text()
     assert "# GPU variant of the benchmark suite" in text and "of the engine's best" in text
 
