@@ -5,10 +5,12 @@ fake accuracy at the server's threshold).
 Labels come from folder names, CNNDetection's layout: an image with a `0_real` (or `real`) folder on its path
 (the DATASET folder itself included; case does not matter) is real, one with `1_fake` (or `fake`) altered;
 one with neither, or both, is counted as unlabelled and left out. Each DATASET gets its own row (e.g. one
-per generator), and `all` pools them when there are several."""
+per generator), and `all` pools them when there are several. With --out, the report goes to
+evaluation.json there and every image's score to scores.csv."""
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -85,7 +87,7 @@ def run(args) -> int:
         print("error: no image under a 0_real/ or 1_fake/ folder (CNNDetection's layout)", file=sys.stderr)
         return 2
     scored: dict[str, tuple[list, list, list]] = {}
-    failed, threshold = [], None
+    failed, threshold, per_image = [], None, []
     with SpotClient(args.url, args.api_key, args.timeout, args.per_request, args.concurrency) as client:
         for name, images in datasets.items():
             scores, flags, labels = scored.setdefault(name, ([], [], []))
@@ -97,10 +99,18 @@ def run(args) -> int:
                 flags.append(item["altered"])
                 labels.append(images[i][1])
                 threshold = item["threshold"]
+                per_image.append((name, images[i][0], images[i][1], item["artifact_score"], item["altered"]))
     rows = {name: row(*columns) for name, columns in scored.items()}
     pooled = row(*(sum((list(c[k]) for c in scored.values()), []) for k in range(3))) if len(rows) > 1 else None
     report = {"threshold": threshold, "datasets": rows, "all": pooled, "unlabelled": unlabelled, "failed": failed}
     print(json.dumps(report, indent=2))
+    if args.out:  # the report, and every image's score for choosing a threshold of one's own
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+        with open(args.out / "scores.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["dataset", "image", "altered_truth", "artifact_score", "altered_predicted"])
+            writer.writerows(per_image)
     if failed:
         total = sum(len(images) for images in datasets.values())
         print(f"error: {len(failed)} of {total} images failed (see 'failed'); the rows leave them out", file=sys.stderr)

@@ -3,9 +3,11 @@ same answer as the server called directly, its arrays have the right shapes, and
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,14 +107,24 @@ def test_evaluate_reports_cnndetections_figures_for_labelled_folders(server, tmp
     (tmp_path / "gen_a" / "notes.png").write_bytes(png_bytes(Image.new("RGB", (64, 64))))  # no label
     (tmp_path / "gen_b" / "cat" / "1_fake" / "broken.jpg").write_bytes(_truncated_jpeg())
     cmd = [sys.executable, "-m", "service.client", "evaluate", str(tmp_path / "gen_a"), str(tmp_path / "gen_b")]
-    r = subprocess.run([*cmd, "--url", server.url], cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [*cmd, "--url", server.url, "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 1 and "1 of 13 images failed" in r.stderr, r.stderr
     report = json.loads(r.stdout)
+    assert json.loads((out / "evaluation.json").read_text()) == report
+    with open(out / "scores.csv") as f:
+        scores = {Path(row["image"]): row for row in csv.DictReader(f)}
     assert report["unlabelled"] == 1 and [f["image"] for f in report["failed"]] == [
         str(tmp_path / "gen_b" / "cat" / "1_fake" / "broken.jpg")
     ]
     with SpotClient(server.url) as c:
         answers = dict(zip(labels, c.spot(list(labels))))
+    assert set(scores) == set(labels)  # every scored image, its truth and its score
+    for path, written in scores.items():
+        assert written["altered_truth"] == str(labels[path]) and written["dataset"] in path.parts
+        assert float(written["artifact_score"]) == pytest.approx(answers[path]["artifact_score"])
     assert report["threshold"] == next(iter(answers.values()))["threshold"]
     rows = {**report["datasets"], "all": report["all"]}
     for name, keep in (("gen_a", lambda p: "gen_a" in p.parts), ("gen_b", lambda p: "gen_b" in p.parts), ("all", bool)):
