@@ -93,7 +93,7 @@ class ExportedModel:
             heads = cut_graph(graph, HEAD_OUTPUTS)
             # One network gives every output: the heads need all of it, so the whole graph serves /spot and any
             # mix of outputs. Two networks (model.json `features_from`): the heads' graph and the trunk share
-            # nothing, so a mix runs each on its own and no third session (41 MB for spot-tiny64) is kept.
+            # nothing, so a mix runs each on its own and no third session is kept (README: memory per worker).
             self.one_network = len(heads.graph.node) == len(graph.graph.node)
             self.heads = ort.InferenceSession(
                 (graph if self.one_network else heads).SerializeToString(),
