@@ -80,9 +80,7 @@ def onnxruntime_rows(model: ExportedModel, jpegs: list[bytes], seconds: float) -
 
         def decode_and_run(names):
             rgbs = [decode(data, "x.jpg", 50_000_000, {"JPEG"}) for data in chunk]
-            model.run(
-                np.stack([model.normalize(centre_view(rgb, model.size, model.crop_fraction)) for rgb in rgbs]), names
-            )
+            model.run(model.normalize_batch([centre_view(rgb, model.size, model.crop_fraction) for rgb in rgbs]), names)
 
         for suffix, names in (("", HEAD_OUTPUTS), ("_trunk", model.layers)):
             rows[f"onnxruntime{suffix}"][b] = timed(lambda: model.run(x, names), b, seconds)

@@ -25,8 +25,8 @@ class SpotFeatures:
     @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=1000)
     def features(self, images: list[Image.Image]) -> list[dict]:
         m = self.model
-        batch = np.stack(
-            [m.normalize(centre_view(np.asarray(im.convert("RGB")), m.size, m.crop_fraction)) for im in images]
+        batch = m.normalize_batch(
+            [centre_view(np.asarray(im.convert("RGB")), m.size, m.crop_fraction) for im in images]
         )
         pooled = m.run(batch, ["conv5"])["conv5"].mean(axis=(2, 3))
         return [{"conv5": row.tolist()} for row in pooled]

@@ -325,7 +325,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             def prepare():
                 views = [centre_view(to_array(img, n), model.size, model.crop_fraction) for n, img in images]
-                return np.stack([model.normalize(v) for v in views])
+                return model.normalize_batch(views)
 
             job = submit(await cheap_here_else_thread(pixels(images), prepare, "preprocess"), p["layers"])
         started = time.perf_counter()
@@ -378,7 +378,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     rgb = to_array(img, name)
                     t, positions, covered = tiles(rgb, model.size, limit)
                     per_image.append((name, rgb, t, positions, covered))
-                batch = np.concatenate([np.stack([model.normalize(x) for x in t]) for _, _, t, _, _ in per_image])
+                batch = np.concatenate([model.normalize_batch(t) for _, _, t, _, _ in per_image])
                 return per_image, batch
 
             per_image, batch = await cheap_here_else_thread(pixels(images), prepare, "preprocess")

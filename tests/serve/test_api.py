@@ -871,6 +871,17 @@ def test_a_containers_cpu_limit_caps_the_cores_the_workers_are_counted_from(tmp_
     assert usable_cores(tmp_path) == (affinity if limit is None else min(affinity, limit))
 
 
+def test_a_batch_is_normalised_in_one_pass_exactly_as_image_by_image(model_dir):
+    model = ExportedModel(model_dir, "cpu")
+    rgbs = np.random.default_rng(0).integers(0, 256, (5, 40, 30, 3), dtype=np.uint8)
+    for std in (model.std, np.asarray([58.395, 57.12, 57.375], np.float32)):  # the model's, and ImageNet's
+        model.std = std
+        one_by_one = np.stack([((rgb.astype(np.float32) - model.mean) / std).transpose(2, 0, 1) for rgb in rgbs])
+        batch = model.normalize_batch(list(rgbs))
+        assert batch.dtype == np.float32 and batch.flags.c_contiguous and np.array_equal(batch, one_by_one)
+        assert np.array_equal(model.normalize(rgbs[2]), one_by_one[2])
+
+
 def test_padded_batches_run_one_input_shape_and_give_the_same_outputs(model_dir):
     from service.model import ModelError
 
