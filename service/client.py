@@ -58,9 +58,9 @@ def upload(image, index: int) -> tuple[str, bytes]:
     HxW / HxWx3 / HxWx4 uint8 array is sent as PNG (lossless: the server sees exactly these pixels). An
     unreadable file raises OSError, an array or object of another kind ValueError or TypeError."""
     if isinstance(image, (str, os.PathLike)):
-        return Path(image).name, Path(image).read_bytes()
+        return upload_name(image, index), Path(image).read_bytes()
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return f"image{index}", bytes(image)
+        return upload_name(image, index), bytes(image)
     from PIL import Image
 
     if isinstance(image, np.ndarray):
@@ -248,6 +248,7 @@ class SpotClient:
 
 
 def upload_name(image, index: int) -> str:
+    """How an image is named in requests and errors: a file by its name, anything else by its place."""
     return Path(image).name if isinstance(image, (str, os.PathLike)) else f"image{index}"
 
 

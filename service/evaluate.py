@@ -65,43 +65,42 @@ def row(scores: list[float], flagged: list[bool], altered: list[bool]) -> dict:
 
 def run(args) -> int:
     """The `evaluate` command: every labelled image of every DATASET through /spot, then a row per dataset."""
-    from .client import SpotClient, expand
+    from .client import SpotClient, image_files
 
-    datasets: dict[str, list[tuple[Path, bool]]] = {}
-    unlabelled = 0
     roots = [root.resolve() for root in args.paths]
     if len(set(roots)) < len(roots):
         print("error: a dataset folder is given twice", file=sys.stderr)
         return 2
-    for root in args.paths:
+    datasets: dict[str, list[tuple[Path, bool]]] = {}
+    unlabelled = 0
+    for root, resolved in zip(args.paths, roots):
         if not root.is_dir():
             print(
                 f"error: evaluate takes dataset folders (with 0_real/ and 1_fake/ below), not {root}", file=sys.stderr
             )
             return 2
-        labelled = [(path, label(path, root)) for path, _ in expand([root])]
+        labelled = [(path, label(path, root)) for path in image_files(root)]
         unlabelled += sum(y is None for _, y in labelled)
-        name = root.resolve().name if root.resolve().name not in datasets else str(root.resolve())
+        name = resolved.name if resolved.name not in datasets else str(resolved)
         datasets[name] = [(path, y) for path, y in labelled if y is not None]
     if not any(datasets.values()):
         print("error: no image under a 0_real/ or 1_fake/ folder (CNNDetection's layout)", file=sys.stderr)
         return 2
-    scored: dict[str, tuple[list, list, list]] = {}
-    failed, threshold, per_image = [], None, []
+    failed, threshold, scored = [], None, []  # scored: (dataset, image, truth, score, flagged)
     with SpotClient(args.url, args.api_key, args.timeout, args.per_request, args.concurrency) as client:
         for name, images in datasets.items():
-            scores, flags, labels = scored.setdefault(name, ([], [], []))
             for i, item in client.results("spot", {"heatmap": "none"}, [path for path, _ in images]):
                 if "error" in item or not np.isfinite(item["artifact_score"] or np.nan):
                     failed.append({"image": str(images[i][0]), "error": item.get("error", "no finite score")})
                     continue
-                scores.append(item["artifact_score"])
-                flags.append(item["altered"])
-                labels.append(images[i][1])
                 threshold = item["threshold"]
-                per_image.append((name, images[i][0], images[i][1], item["artifact_score"], item["altered"]))
-    rows = {name: row(*columns) for name, columns in scored.items()}
-    pooled = row(*(sum((list(c[k]) for c in scored.values()), []) for k in range(3))) if len(rows) > 1 else None
+                scored.append((name, images[i][0], images[i][1], item["artifact_score"], item["altered"]))
+
+    def row_of(entries: list[tuple]) -> dict:
+        return row([e[3] for e in entries], [e[4] for e in entries], [e[2] for e in entries])
+
+    rows = {name: row_of([e for e in scored if e[0] == name]) for name in datasets}
+    pooled = row_of(scored) if len(rows) > 1 else None
     report = {"threshold": threshold, "datasets": rows, "all": pooled, "unlabelled": unlabelled, "failed": failed}
     print(json.dumps(report, indent=2))
     if args.out:  # the report, and every image's score for choosing a threshold of one's own
@@ -110,7 +109,7 @@ def run(args) -> int:
         with open(args.out / "scores.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["dataset", "image", "altered_truth", "artifact_score", "altered_predicted"])
-            writer.writerows(per_image)
+            writer.writerows(scored)
     if failed:
         total = sum(len(images) for images in datasets.values())
         print(f"error: {len(failed)} of {total} images failed (see 'failed'); the rows leave them out", file=sys.stderr)

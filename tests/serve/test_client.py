@@ -16,6 +16,7 @@ from PIL import Image
 from service.client import ServerError, SpotClient
 
 from .test_api import PHOTO, _truncated_jpeg, png_bytes
+from .test_soak import statuses
 
 
 def test_features_from_every_image_form_equal_the_server_called_directly(server, client):
@@ -159,13 +160,7 @@ def test_labels_follow_cnndetections_folders_in_any_case_and_through_links(tmp_p
     assert image_files(tmp_path / "ds") == [tmp_path / "ds" / "0_real" / "a.png"]
 
 
-def answered(client, route: str) -> float:
-    """Requests the server answered 200 on `route` so far, from its /metrics."""
-    line = f'spot_requests_total{{route="{route}",status="200"}} '
-    return sum(float(x.split()[-1]) for x in client.get("/metrics").text.splitlines() if x.startswith(line))
-
-
-def test_the_client_keeps_going_past_unreadable_files_odd_modes_and_a_small_server_limit(server, client, tmp_path):
+def test_the_client_keeps_going_past_unreadable_files_odd_modes_and_a_small_server_limit(server, tmp_path):
     """A missing file fails alone; a CMYK PIL image is sent as the server would convert it; 40 images in
     requests of 40 to a server taking 16 are split in halves and all answered."""
     good = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
@@ -176,10 +171,10 @@ def test_the_client_keeps_going_past_unreadable_files_odd_modes_and_a_small_serv
         assert answers[0]["features"]["conv5"]["values"] == answers[2]["features"]["conv5"]["values"]
         cmyk, plain = c.features([rgb.convert("CMYK"), rgb.convert("CMYK").convert("RGB")], layers=["conv5"])["conv5"]
         np.testing.assert_allclose(cmyk, plain, rtol=1e-6, atol=1e-6)
-        before = answered(client, "/features")
+        before = statuses(server.url)["200"]
         many = c.features([good] * 40, layers=["conv5"])["conv5"]
     assert many.shape[0] == 40 and np.allclose(many, many[0])
-    assert answered(client, "/features") - before == 4  # four requests of 10, not 40 of one
+    assert statuses(server.url)["200"] - before == 4  # four requests of 10, not 40 of one
 
 
 def test_the_client_needs_none_of_the_servers_libraries():
