@@ -21,7 +21,7 @@ RATE = 250  # samples per second
 STAGES = [
     ("multipart parsing", ("python_multipart/", "starlette/formparsers.py", "starlette/datastructures.py")),
     ("image decode + preprocess", ("service/images.py", "service/preprocess.py", "PIL/", "service/model.py")),
-    ("response: pooling + JSON", ("service/features.py", "service/spot.py", "orjson", "json_response")),
+    ("response: pooling + JSON", ("service/features.py", "service/spot.py", "orjson", "json_bytes")),
     ("metrics", ("prometheus_client/",)),
     ("batcher hand-off (queue, futures, thread)", ("service/batcher.py", "concurrent/futures/", "asyncio/queues.py")),
     ("request parameters + routing (FastAPI)", ("fastapi/", "pydantic")),

@@ -18,8 +18,10 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, multiprocess
+from starlette.routing import Match
 
 from . import __version__, logs, oip, spot
 from .batcher import Batcher, QueueFull
@@ -30,7 +32,15 @@ from .metrics import Metrics, forget_dead_workers
 from .statistics import model_statistics
 from .model import HEAD_OUTPUTS, ExportedModel, ModelError
 from .preprocess import analysis_size, centre_view, tile_count, tiles
-from .requests import HEATMAP_FORMATS, feature_params, read_images, spot_params
+from .requests import (
+    FEATURE_OPTIONS,
+    HEATMAP_FORMATS,
+    SPOT_OPTIONS,
+    feature_params,
+    query_options,
+    read_images,
+    spot_params,
+)
 
 log = logging.getLogger(__name__)
 INDEX_HTML = (Path(__file__).parent / "static" / "index.html").read_text()
@@ -69,24 +79,28 @@ MULTIPART_AND_JSON = {
 }
 
 
-INLINE_PIXELS = 1 << 16  # per request; decoding this few pixels here costs less than a hop to a thread
+INLINE_WORK = 1 << 16  # pixels to decode or values to encode per request: here, this costs less than a thread hop
 
 
 def pixels(images: list[tuple[str, Image.Image]]) -> int:
     return sum(img.width * img.height for _, img in images)
 
 
-def json_response(content: dict) -> Response:
+def json_bytes(content: dict) -> bytes:
     """orjson writes numpy arrays directly: ~20x faster than FastAPI's encoder walking a list of floats."""
-    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+    return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def json_answer(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
 
 
 class Guard:
     """Refuses a body over the limit (or without a length) before reading it, and counts every request by
     route and status. Plain ASGI: Starlette's BaseHTTPMiddleware costs a task and two streams per request."""
 
-    def __init__(self, app, max_bytes: int, metrics: Metrics):
-        self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
+    def __init__(self, app, max_bytes: int, metrics: Metrics, routes: list[APIRoute]):
+        self.app, self.max_bytes, self.metrics, self.routes = app, max_bytes, metrics, routes
 
     def refusal(self, scope) -> Response | None:
         length = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
@@ -97,6 +111,10 @@ class Guard:
         if scope["method"] == "POST" and not length:
             return JSONResponse({key: "a Content-Length header is required"}, 411)
         return None
+
+    def route_of(self, scope) -> str:
+        """The route a refused request was for (refused before routing, so the scope does not say)."""
+        return next((r.path for r in self.routes if r.matches(scope)[0] == Match.FULL), "unmatched")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -109,11 +127,12 @@ class Guard:
                 status = message["status"]
             await send(message)
 
+        refusal = self.refusal(scope)
         try:
-            await (self.refusal(scope) or self.app)(scope, receive, noting_status)
+            await (refusal or self.app)(scope, receive, noting_status)
         finally:
             route = scope.get("route")
-            path = route.path if route else "unmatched"
+            path = route.path if route else self.route_of(scope) if refusal else "unmatched"
             self.metrics.observe_request(path, str(status), time.perf_counter() - started)
 
 
@@ -177,7 +196,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # /docs and /redoc from files installed with the package, not a CDN: they work on an air-gapped host
     app = FastAPIOffline(title="spot-artifacts", version=__version__, lifespan=lifespan)
-    app.add_middleware(Guard, max_bytes=settings.max_body_bytes, metrics=metrics)
+    routes: list[APIRoute] = []  # every route, for the Guard to name what it refuses: filled in below
+    app.add_middleware(Guard, max_bytes=settings.max_body_bytes, metrics=metrics, routes=routes)
     # outside the Guard, so that its refusals carry the request's ID too
     app.add_middleware(CorrelationIdMiddleware, header_name=logs.HEADER, validator=logs.plain_request_id)
 
@@ -213,8 +233,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return state["model"]
 
     def authorized(header: str | None) -> bool:
-        expected = f"Bearer {settings.api_key}".encode()  # compared in constant time: no timing hint
-        return not settings.api_key or hmac.compare_digest((header or "").encode(), expected)
+        """`Bearer <key>`, the scheme in any case (RFC 7235); the key compared in constant time."""
+        scheme, _, key = (header or "").strip().partition(" ")
+        given = key.strip().encode() if scheme.lower() == "bearer" else b""
+        return not settings.api_key or hmac.compare_digest(given, settings.api_key.encode())
 
     def check_auth(request: Request) -> None:
         if not authorized(request.headers.get("authorization")):
@@ -253,12 +275,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except BadImage as exc:
             raise HTTPException(400, str(exc)) from None
 
-    async def cheap_here_else_thread(pixels: int, work, stage: str):
-        """Runs `work` right here for small images and on a worker thread for large ones: a hop costs more
-        than decoding a thumbnail, but a big photo must not stall the event loop while others wait."""
+    async def cheap_here_else_thread(amount: int, work, stage: str):
+        """Runs `work` right here when small (`amount`: its pixels or values) and on a worker thread when
+        large: a hop costs more than decoding a thumbnail, but a big photo must not stall the event loop."""
         started = time.perf_counter()
         try:
-            result = work() if pixels <= INLINE_PIXELS else await run_in_threadpool(work)
+            result = work() if amount <= INLINE_WORK else await run_in_threadpool(work)
         except BadImage as exc:
             raise HTTPException(400, str(exc)) from None
         metrics.stage.labels(stage).observe(time.perf_counter() - started)
@@ -279,17 +301,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_batch_delay_ms=settings.max_batch_delay_ms,
         instances=max(1, settings.workers),  # python -m service sets SPOT_WORKERS to the number it started
     )
-    app.include_router(oip.router(hooks))
+    oip_routes = oip.router(hooks)
+    app.include_router(oip_routes)
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(INDEX_HTML)
 
-    @app.get("/healthz", tags=["health"])
+    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["health"])
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.api_route("/readyz", methods=["GET", "HEAD"], tags=["health"])
     async def readyz():
         if state["model"] is None:
             return JSONResponse({"ready": False, "error": state["error"] or "loading"}, 503)
@@ -305,11 +328,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def models() -> dict:
         return ready_model().meta
 
+    # The routes' query parameters are declared for the OpenAPI schema; query_options reads them, refusing
+    # unknown and repeated names, which FastAPI would ignore or override.
     @app.post("/features", tags=["inference"], openapi_extra=MULTIPART_AND_JSON)
     async def features(
         request: Request,
-        layers: str | None = Query(
-            None, description="comma-separated, e.g. conv3,conv5 (default: model.json's default_layer, GET /models)"
+        layers: list[str] | None = Query(
+            None,
+            description="comma-separated or repeated, e.g. conv3,conv5 (default: model.json's default_layer, GET /models)",
         ),
         pool_: str | None = Query(None, alias="pool", description="none | avg | max | probe"),
         normalize_: str | None = Query(None, alias="normalize", description="none | l2"),
@@ -320,8 +346,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model = ready_model()
         with state["batcher"].arriving_request():  # the batcher may wait for this one
             images, body = await opened_images(request)
-            query = {"layers": layers, "pool": pool_, "normalize": normalize_, "encoding": encoding, "dtype": dtype}
-            p = feature_params({k: v for k, v in query.items() if v}, body, model.layers, model.default_layer)
+            p = feature_params(query_options(request, FEATURE_OPTIONS), body, model.layers, model.default_layer)
 
             def prepare():
                 views = [centre_view(to_array(img, n), model.size, model.crop_fraction) for n, img in images]
@@ -330,25 +355,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             job = submit(await cheap_here_else_thread(pixels(images), prepare, "preprocess"), p["layers"])
         started = time.perf_counter()
         outputs = await result(job)
+        inference_ms = round(1000 * (time.perf_counter() - started), 3)
         metrics.images.labels("/features").inc(len(images))
         probe = model.meta["probe_pooling"]
-        results = []
-        for i, (name, _) in enumerate(images):
-            per_layer = {}
-            for layer in p["layers"]:
-                values = normalize(pool(outputs[layer][i], p["pool"], probe[layer]["grid"]), p["normalize"])
-                per_layer[layer] = {"shape": list(values.shape), "values": encode(values, p["encoding"], p["dtype"])}
-            results.append({"name": name, "features": per_layer})
-        return json_response(
-            {
-                "model": model.name,
-                "version": model.version,
-                "provider": model.provider,
-                **{k: v for k, v in p.items() if k != "layers"},
-                "inference_ms": round(1000 * (time.perf_counter() - started), 3),
-                "results": results,
-            }
-        )
+
+        def answer() -> bytes:
+            results = []
+            for i, (name, _) in enumerate(images):
+                per_layer = {}
+                for layer in p["layers"]:
+                    values = normalize(pool(outputs[layer][i], p["pool"], probe[layer]["grid"]), p["normalize"])
+                    per_layer[layer] = {
+                        "shape": list(values.shape),
+                        "values": encode(values, p["encoding"], p["dtype"]),
+                    }
+                results.append({"name": name, "features": per_layer})
+            options = {k: v for k, v in p.items() if k != "layers"}
+            return json_bytes({"model": model.name, "version": model.version, "provider": model.provider,
+                               **options, "inference_ms": inference_ms, "results": results})  # fmt: skip
+
+        # unpooled maps of many images make a large answer: encoded on a thread, as a large image is decoded
+        values = len(images) * sum(outputs[layer][0].size for layer in p["layers"]) if p["pool"] == "none" else 0
+        return json_answer(await cheap_here_else_thread(values, answer, "postprocess"))
 
     @app.post("/spot", tags=["inference"], openapi_extra=MULTIPART_AND_JSON)
     async def spot_route(
@@ -359,7 +387,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model = ready_model()
         with state["batcher"].arriving_request():  # the batcher may wait for this one
             images, body = await opened_images(request)
-            p = spot_params({"heatmap": heatmap} if heatmap else {}, body)
+            p = spot_params(query_options(request, SPOT_OPTIONS), body)
+            values, most = pixels(images), settings.max_heatmap_values
+            if p["heatmap"] == "values" and most and values > most:  # a 6 kB PNG can be 7000 x 7000: 340 MB of JSON
+                raise HTTPException(
+                    413,
+                    f"heatmap=values for {values} pixels exceeds the limit of {most} per request: ask for "
+                    "heatmap=png or overlay (or none: the mask is still there), or send fewer images per request",
+                )
 
             # A photo over the limit is analysed downscaled to fit it; what cannot fit is refused from the
             # image headers, before anything is decoded.
@@ -385,22 +420,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             job = submit(batch, HEAD_OUTPUTS)
         outputs = await result(job)
         metrics.images.labels("/spot").inc(len(images))
-        results = await cheap_here_else_thread(
-            pixels(images),
-            lambda: spot.results(per_image, outputs, p["heatmap"], model.size, model.grid),
-            "postprocess",
-        )
         threshold = settings.threshold or float(model.meta.get("spot_threshold", 0.5))
-        for item in results:
-            item["altered"] = item["artifact_score"] > threshold  # the decision, as CNNDetection's at 0.5
-        return json_response(
-            {
-                "model": model.name,
-                "version": model.version,
-                "provider": model.provider,
-                "threshold": threshold,
-                "results": results,
-            }
-        )
 
+        def answer() -> bytes:
+            results = spot.results(per_image, outputs, p["heatmap"], model.size, model.grid)
+            for item in results:
+                item["altered"] = item["artifact_score"] > threshold  # the decision, as CNNDetection's at 0.5
+            return json_bytes({"model": model.name, "version": model.version, "provider": model.provider,
+                               "threshold": threshold, "results": results})  # fmt: skip
+
+        # a heatmap at a large photo's own size is a large answer: built and encoded on a thread
+        return json_answer(await cheap_here_else_thread(pixels(images), answer, "postprocess"))
+
+    routes += [r for r in [*app.router.routes, *oip_routes.routes] if isinstance(r, APIRoute)]
     return app

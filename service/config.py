@@ -6,7 +6,7 @@ from functools import lru_cache
 from typing import Literal
 from pathlib import Path
 
-from pydantic import NonNegativeInt
+from pydantic import Field, NonNegativeInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     max_pixels: int = 50_000_000  # per image, checked from the header before decoding
     max_files: int = 16  # images per request
     max_tiles: NonNegativeInt = 1024  # per image for /spot; a larger image is analysed downscaled to fit; 0 = no limit
+    # /spot: heatmap=values for more pixels than this in one request is a 413 (ask for a PNG); 0 = no limit
+    max_heatmap_values: NonNegativeInt = 16 * 1024 * 1024
     allowed_formats: str = "JPEG,PNG,WEBP,GIF,BMP,TIFF"
     max_batch_size: int = 64  # images per ONNX Runtime run (1 = batching off)
     pad_batches: Literal["auto", "on", "off"] = "auto"  # auto = on on a GPU: every run padded to max_batch_size
@@ -34,7 +36,8 @@ class Settings(BaseSettings):
     max_queue_images: NonNegativeInt = 2048
     max_connections: int = 512  # per worker: connections and requests at once; beyond, uvicorn answers 503
     request_timeout_s: float = 60.0  # waiting for the model longer than this is a 504
-    threshold: float = 0.0  # /spot: artifact_score above it = altered; 0 = the model's own (model.json, else 0.5)
+    # /spot: artifact_score above it = altered; 0 = the model's own (model.json, else 0.5)
+    threshold: float = Field(0.0, ge=0.0, le=1.0)
     access_log: bool = True  # uvicorn's one line per request (benchmarks turn it off)
     log_format: Literal["text", "json"] = "text"  # json: one JSON object a line, for log collectors
     api_key: str = ""  # when set, requests need "Authorization: Bearer <key>"

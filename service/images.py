@@ -24,7 +24,7 @@ def open_image(data: bytes, name: str, max_pixels: int, allowed_formats: set[str
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except READ_ERRORS as exc:
-        raise BadImage(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
+        raise BadImage(f"{name}: not a readable image ({why(exc)})") from None
     if img.format not in allowed_formats:
         raise BadImage(f"{name}: format {img.format} not allowed; allowed: {', '.join(sorted(allowed_formats))}")
     w, h = img.size
@@ -39,7 +39,14 @@ def to_array(img: Image.Image, name: str) -> np.ndarray:
         img.load()  # first frame only for animated images
         return np.asarray(to_rgb(img), dtype=np.uint8)
     except READ_ERRORS as exc:
-        raise BadImage(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
+        raise BadImage(f"{name}: not a readable image ({why(exc)})") from None
+
+
+def why(exc: Exception) -> str:
+    """Pillow's reason, without the in-memory file's repr it names ("<_io.BytesIO object at 0x...>")."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a known image format"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def decode(data: bytes, name: str, max_pixels: int, allowed_formats: set[str]) -> np.ndarray:
@@ -49,8 +56,11 @@ def decode(data: bytes, name: str, max_pixels: int, allowed_formats: set[str]) -
 def to_rgb(img: Image.Image) -> Image.Image:
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit (and 32-bit integer) pixels span 0..65535, scaled by 255/65535 whatever the image holds, so
+        # a dark 16-bit image stays dark; floating-point ones are taken as 0..255, as Pillow converts them
         a = np.asarray(img, dtype=np.float32)
-        img = Image.fromarray((a / (256.0 if a.max(initial=0) > 255 else 1.0)).clip(0, 255).astype(np.uint8))
+        a = a if img.mode == "F" else a / 257.0
+        img = Image.fromarray(a.round().clip(0, 255).astype(np.uint8))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)

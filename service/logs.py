@@ -19,8 +19,16 @@ def plain_request_id(value: str) -> bool:
     return PLAIN_ID.fullmatch(value) is not None
 
 
-class AccessJson(JsonFormatter):
-    """uvicorn's access line as fields (client, method, path, status) instead of one string."""
+class LineJson(JsonFormatter):
+    """One JSON object a line, without uvicorn's `color_message` (the message again, with terminal colours)."""
+
+    def add_fields(self, log_data: dict, record, message_dict: dict) -> None:
+        super().add_fields(log_data, record, message_dict)
+        log_data.pop("color_message", None)
+
+
+class AccessJson(LineJson):
+    """uvicorn's access line as fields (client, method, path, http_version, status) instead of one string."""
 
     def add_fields(self, log_data: dict, record, message_dict: dict) -> None:
         super().add_fields(log_data, record, message_dict)
@@ -45,7 +53,7 @@ FORMATTERS = {  # per SPOT_LOG_FORMAT; the names "default" and "access" are the 
             "fmt": '%(asctime)s %(levelname)s %(client_addr)s - "%(request_line)s" %(status_code)s [%(correlation_id)s]',
         },
     },
-    "json": {"default": {"()": JsonFormatter, **JSON_FIELDS}, "access": {"()": AccessJson, **JSON_FIELDS}},
+    "json": {"default": {"()": LineJson, **JSON_FIELDS}, "access": {"()": AccessJson, **JSON_FIELDS}},
 }
 
 

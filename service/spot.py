@@ -13,6 +13,16 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def cells_of_tiles(starts: list[int], size: int, cell: int, length: int) -> np.ndarray:
+    """[length, tiles x cells per tile] along one side: 1 where a pixel lies in a tile's cell."""
+    per_tile = size // cell
+    spread = np.zeros((length, len(starts) * per_tile), np.float32)
+    for n, start in enumerate(starts):
+        for i in range(per_tile):
+            spread[start + i * cell : start + (i + 1) * cell, n * per_tile + i] = 1
+    return spread
+
+
 def assemble(
     real_logits: np.ndarray,
     mask_logits: np.ndarray,
@@ -22,27 +32,52 @@ def assemble(
 ) -> tuple[float, np.ndarray]:
     """(artifact score = mean tile probability, drop probability per cell of the covered image).
 
-    A cell is size/grid pixels; where tiles overlap their probabilities are averaged.
+    A cell is size/grid pixels of the covered image. The tiles' cells are laid on the image pixel by pixel,
+    since the last tile along a side sits flush with the edge, off the cell boundaries; where tiles overlap
+    their probabilities are averaged, and a cell is the mean over its pixels (the last row and column of
+    cells may be partial). Tiles whose cells line up give each cell exactly its tiles' mean.
     """
     grid = mask_logits.shape[-1]
-    cell = size / grid
+    cell = size // grid
     h, w = covered
-    rows, cols = int(np.ceil(h / cell)), int(np.ceil(w / cell))
-    total = np.zeros((rows, cols), np.float64)
-    count = np.zeros((rows, cols), np.float64)
-    drop = sigmoid(-mask_logits[:, 0].astype(np.float64))
-    for (y, x), tile_drop in zip(positions, drop):
-        r, c = int(round(y / cell)), int(round(x / cell))
-        total[r : r + grid, c : c + grid] += tile_drop[: rows - r, : cols - c]
-        count[r : r + grid, c : c + grid] += 1
+    rows, cols = sorted({y for y, _ in positions}), sorted({x for _, x in positions})
+    row_of, col_of = {y: n * grid for n, y in enumerate(rows)}, {x: n * grid for n, x in enumerate(cols)}
+    drop = np.zeros((len(rows) * grid, len(cols) * grid), np.float32)  # every tile's cells side by side
+    for (y, x), tile_drop in zip(positions, sigmoid(-mask_logits[:, 0].astype(np.float32))):
+        r, c = row_of[y], col_of[x]
+        drop[r : r + grid, c : c + grid] = tile_drop
+    # the tiles form a grid (every row start with every column start): laying them on the pixels and
+    # counting the tiles over each pixel are products of one matrix per side
+    down, across = cells_of_tiles(rows, size, cell, h), cells_of_tiles(cols, size, cell, w)
+    per_pixel = (down @ drop @ across.T) / np.outer(down.sum(1), across.sum(1))
+    starts_y, starts_x = np.arange(0, h, cell), np.arange(0, w, cell)
+    sums = np.add.reduceat(np.add.reduceat(per_pixel, starts_y, axis=0), starts_x, axis=1)
+    areas = np.outer(np.diff(starts_y, append=h), np.diff(starts_x, append=w))
     score = float(sigmoid(-real_logits.astype(np.float64)).mean())
-    return score, (total / np.maximum(count, 1)).astype(np.float32)
+    return score, (sums / areas).astype(np.float32)
 
 
-def heatmap(cells: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Cell grid -> float32 [height, width] by bilinear interpolation."""
-    img = Image.fromarray(cells.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(img), 0.0, 1.0)
+def between_cells(length: int, covered: int, cell: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Along one side of the output: for each pixel, the cell centre at or before it, the one after, and how
+    far it is from the first to the second. Centres are those of the cells' pixels on the covered image (a
+    partial last cell's too), and the output is that image stretched to `length` pixels."""
+    starts = np.arange(0, covered, cell)
+    centres = (starts + np.minimum(starts + cell, covered)) / 2
+    at = (np.arange(length) + 0.5) * covered / length  # the pixels' centres on the covered image
+    before = np.clip(np.searchsorted(centres, at, side="right") - 1, 0, len(centres) - 1)
+    after = np.minimum(before + 1, len(centres) - 1)
+    gap = centres[after] - centres[before]
+    return before, after, np.clip((at - centres[before]) / np.where(gap > 0, gap, 1), 0, 1).astype(np.float32)
+
+
+def heatmap(cells: np.ndarray, cell: int, covered: tuple[int, int], width: int, height: int) -> np.ndarray:
+    """Cell grid -> float32 [height, width]: linear between cell centres along each side (constant beyond
+    the outermost), the covered image mapped onto the original's size."""
+    top, bottom, down = between_cells(height, covered[0], cell)
+    left, right, across = between_cells(width, covered[1], cell)
+    rows = cells[:, left] * (1 - across) + cells[:, right] * across  # [cell rows, width]
+    values = rows[top] * (1 - down)[:, None] + rows[bottom] * down[:, None]
+    return np.clip(values, 0.0, 1.0).astype(np.float32)
 
 
 def heatmap_png(values: np.ndarray) -> bytes:
@@ -97,7 +132,7 @@ def results(per_image: list, outputs: dict[str, np.ndarray], heatmap_format: str
             },
         }
         if heatmap_format != "none":
-            values = heatmap(cells, w, h)
+            values = heatmap(cells, size // grid, covered.shape[:2], w, h)
             if heatmap_format == "values":
                 item["heatmap"] = {"shape": [h, w], "values": values.round(4)}
             else:

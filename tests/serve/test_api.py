@@ -216,6 +216,29 @@ def test_odd_images_are_converted(client):
     assert len(r.json()["results"]) == 4
 
 
+def test_16_bit_images_are_scaled_by_their_range_not_their_content(client):
+    """A 16-bit image is its 8-bit version x 257: the same features; a dark one (all below 256) stays dark
+    and one bright pixel does not change how the rest is read."""
+    grey = np.asarray(Image.open(PHOTO).convert("L"))
+    dark = grey.astype(np.uint16)  # 0..255 out of 65535: nearly black
+    bright_pixel = dark.copy()
+    bright_pixel[0, 0] = 256
+
+    def features(*arrays):
+        files = [("files", (f"{i}.png", png_bytes(Image.fromarray(a)), "image/png")) for i, a in enumerate(arrays)]
+        r = client.post("/features", params={"layers": "conv1", "pool": "avg"}, files=files)
+        assert r.status_code == 200, r.text
+        return [np.array(item["features"]["conv1"]["values"]) for item in r.json()["results"]]
+
+    eight, sixteen, dark_f, bright_f, black = features(
+        grey, grey.astype(np.uint16) * 257, dark, bright_pixel, (dark / 257).round().astype(np.uint8)
+    )
+    np.testing.assert_array_equal(sixteen, eight)
+    np.testing.assert_array_equal(dark_f, black)
+    np.testing.assert_allclose(bright_f, dark_f, atol=1e-3 * np.abs(eight).max())
+    assert np.abs(dark_f - eight).max() > 0.1 * np.abs(eight).max()  # dark is not read as the 8-bit image
+
+
 def test_missing_or_corrupt_model_is_not_ready_with_a_clear_error(tmp_path, model_dir):
     from bench.server import Server
 
@@ -276,6 +299,11 @@ def test_an_oversized_body_is_refused_before_it_is_read(model_dir):
         r = httpx.post(f"{s.url}/v2/models/spot-tiny/infer", content=b"x" * 20000)
         assert r.status_code == 413 and "exceeds the limit of 4096" in r.json()["error"]  # the protocol's key
         assert httpx.get(f"{s.url}/readyz").status_code == 200
+        # refused before routing, yet counted under the route asked for (a dashboard of /features sees it)
+        text = httpx.get(f"{s.url}/metrics").text
+        assert 'spot_requests_total{route="/features",status="413"} 1.0' in text
+        assert 'spot_requests_total{route="/v2/models/{model_name}/infer",status="413"} 1.0' in text
+        assert 'route="unmatched"' not in text
     finally:
         s.stop()
 
@@ -294,9 +322,14 @@ def test_api_key_guards_inference(model_dir):
         tensor = {"inputs": [{"name": "images", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0] * 3072}]}
         assert httpx.post(f"{s.url}/v2/models/spot-tiny/infer", json=tensor).status_code == 401
         assert "spot_images_total{" not in httpx.get(f"{s.url}/metrics").text  # nothing was decoded or run
+        assert httpx.post(f"{s.url}/spot", files=files, headers={"Authorization": "s3cret"}).status_code == 401
+        assert httpx.post(f"{s.url}/spot", files=files, headers={"Authorization": "Basic s3cret"}).status_code == 401
         good = httpx.post(f"{s.url}/features", files=files, headers={"Authorization": "Bearer s3cret"})
         assert good.status_code == 200
         assert 'spot_images_total{route="/features"} 1.0' in httpx.get(f"{s.url}/metrics").text
+        lower = httpx.post(f"{s.url}/features", files=files, headers={"Authorization": "bearer s3cret"})
+        assert lower.status_code == 200  # the scheme is case-insensitive (RFC 7235), the key is not
+        assert httpx.post(f"{s.url}/spot", files=files, headers={"Authorization": "Bearer S3CRET"}).status_code == 401
         assert httpx.get(f"{s.url}/healthz").status_code == 200  # health stays open for probes
     finally:
         s.stop()
@@ -415,6 +448,18 @@ def test_altered_is_the_score_against_the_threshold_in_force(model_dir):
     (low, score, altered_low), (high, score_again, altered_high) = seen["0.000001"], seen["0.999999"]
     assert low < score < high and score == score_again
     assert altered_low is True and altered_high is False
+
+
+def test_a_threshold_outside_0_to_1_is_refused_at_start():
+    """A score is in [0, 1]: a threshold of 5 (or -1) would silently mark nothing (or everything) altered."""
+    from pydantic import ValidationError
+
+    from service.config import Settings
+
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValidationError, match="threshold"):
+            Settings(threshold=bad)
+    assert Settings(threshold=1.0).threshold == 1.0
 
 
 def test_a_lone_request_waits_out_the_batch_delay_only_when_the_delay_is_not_adaptive(model_dir):
@@ -599,6 +644,11 @@ CORPUS = [
     ("deeply nested json", "/features", {"content": b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "headers": {"content-type": "application/json"}}, 400, "nested too deeply"),
     ("many multipart text fields", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))] + [(f"f{i}", (None, b"x")) for i in range(100)]}, 400, "Too many fields"),
     ("path traversal in a file name", "/spot", {"files": [("files", ("../../etc/passwd", b"root:x:0:0", "image/png"))]}, 400, "../../etc/passwd"),
+    ("a typo'd query parameter", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": {"layer": "conv5"}}, 422, "unknown query parameters ['layer']; valid: layers, pool"),
+    ("an option given twice", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": [("pool", "avg"), ("pool", "max")]}, 422, "pool given twice"),
+    ("the other route's option in json", "/features", {"json": {"images": [base64.b64encode(GOOD).decode()], "heatmap": "png"}}, 422, "heatmap: not an option of this route"),
+    ("a heatmap of too many values", "/spot", {"files": [("files", ("big.png", _bits(Image.new("1", (5000, 4000)), "PNG"), "image/png"))]}, 413, "heatmap=values for 20000000 pixels exceeds the limit of 16777216"),
+    ("a data url that is not base64", "/spot", {"json": {"images": ["data:image/png,abc"]}}, 400, "without ';base64,'"),
     ("one bad image among good ones", "/features", {"files": [("files", ("ok.png", GOOD, "image/png")), ("files", ("bad.png", b"xx", "image/png"))]}, 400, "bad.png"),
 ]  # fmt: skip
 
@@ -609,6 +659,40 @@ def test_bad_input_corpus(client, case, route, kwargs, status, text):
     assert r.status_code == status, r.text
     assert text in json.dumps(r.json()), r.text
     assert client.get("/readyz").json()["ready"] is True
+
+
+def test_a_validation_error_does_not_echo_the_input(client):
+    """A 1 MB base64 string sent where a list belongs: the 422 says where, without sending the megabyte back."""
+    r = client.post("/features", json={"images": base64.b64encode(os.urandom(750_000)).decode()})
+    assert r.status_code == 422 and "images" in r.text and len(r.content) < 1000, r.text[:300]
+
+
+def test_base64_as_browsers_and_tools_write_it(client):
+    """A data URL, line-wrapped (the base64 command, MIME), URL-safe without padding: all the same image."""
+    standard = base64.b64encode(GOOD).decode()
+    forms = [
+        standard,
+        "data:image/png;base64," + standard,
+        base64.encodebytes(GOOD).decode(),
+        base64.urlsafe_b64encode(GOOD).decode().rstrip("="),
+    ]
+    r = client.post("/features", json={"images": forms, "layers": ["conv1"]})
+    assert r.status_code == 200, r.text
+    values = [item["features"]["conv1"]["values"] for item in r.json()["results"]]
+    assert all(v == values[0] for v in values)
+
+
+def test_options_read_kindly_where_it_is_unambiguous(client):
+    """Layers repeated or with spaces, a media type in capitals, HEAD on the probes."""
+    files = [("files", ("a.png", GOOD, "image/png"))]
+    params = [("layers", "conv1, conv2"), ("layers", "conv5"), ("pool", "avg")]
+    r = client.post("/features", params=params, files=files)
+    assert r.status_code == 200, r.text
+    assert list(r.json()["results"][0]["features"]) == ["conv1", "conv2", "conv5"]
+    body = json.dumps({"images": [base64.b64encode(GOOD).decode()]})
+    r = client.post("/spot", content=body, headers={"content-type": "Application/JSON; charset=UTF-8"})
+    assert r.status_code == 200, r.text
+    assert client.head("/healthz").status_code == 200 and client.head("/readyz").status_code == 200
 
 
 @pytest.mark.parametrize("name, data", [("animated gif", _animated_gif()), ("exif rotated", None)])

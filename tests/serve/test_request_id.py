@@ -77,3 +77,5 @@ def test_json_logs_are_one_object_a_line_with_the_request_id(model_dir):
     assert access["level"] == "INFO" and access["logger"] == "uvicorn.access" and access["time"]
     loaded = [x for x in lines if x["logger"] == "service.app" and x["message"].startswith("loaded ")]
     assert loaded and loaded[0]["request_id"] == "-"
+    assert any(x["message"].startswith("Finished server process") for x in lines)  # uvicorn's, with colours
+    assert not [x for x in lines if "color_message" in x or "\x1b" in json.dumps(x, ensure_ascii=False)]

@@ -4,9 +4,11 @@ the largest within SPOT_MAX_TILES, aspect kept (the route's tests send real phot
 import random
 import time
 
+import numpy as np
 import pytest
 
-from service.preprocess import analysis_size, tile_count, tile_positions, tiles_along
+from service.preprocess import analysis_size, tile_count, tile_positions, tiles, tiles_along
+from service.spot import assemble, heatmap
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -42,3 +44,61 @@ def test_a_hostile_thin_image_costs_nothing_to_size():
     h, w = analysis_size(1, 5_000_000, 64, 1024)  # can only be scaled up: the caller refuses it
     assert (h, w) == (64, 320_000_000) and tile_count(h, w, 64) > 1024
     assert time.perf_counter() - started < 0.05
+
+
+def laid_pixel_by_pixel(mask_logits, positions, size, covered):
+    """The plain reading of assemble's rule, for comparison: every tile's cell probabilities on its pixels,
+    averaged where tiles overlap, then averaged over each cell of the covered image."""
+    h, w = covered
+    cell = size // mask_logits.shape[-1]
+    drop = 1 / (1 + np.exp(mask_logits[:, 0].astype(np.float64)))
+    total, count = np.zeros((h, w)), np.zeros((h, w))
+    for (y, x), d in zip(positions, drop):
+        total[y : y + size, x : x + size] += d.repeat(cell, 0).repeat(cell, 1)
+        count[y : y + size, x : x + size] += 1
+    per_pixel = total / count
+    return np.array(
+        [[per_pixel[r : r + cell, c : c + cell].mean() for c in range(0, w, cell)] for r in range(0, h, cell)]
+    )
+
+
+def test_the_mask_covers_the_whole_image_whatever_its_size():
+    """The last tile along a side sits flush with the edge, mostly off the 16 px cell boundaries (x = 36 for
+    100 px): its cells still land where its pixels are, and no edge cell is left out (reported as 0)."""
+    rng = np.random.default_rng(0)
+    sizes = [(64, 64), (100, 100), (70, 70), (520, 512), (65, 1000), (333, 71), (128, 192)]
+    sizes += [(int(h), int(w)) for h, w in rng.integers(1, 400, size=(20, 2))]
+    for h, w in sizes:
+        t, positions, covered = tiles(np.zeros((h, w, 3), np.uint8), 64, 1024)
+        logits = rng.normal(size=(len(t), 1, 4, 4)).astype(np.float32)
+        _, cells = assemble(np.zeros(len(t)), logits, positions, 64, covered.shape[:2])
+        assert cells.shape == tuple(-(-n // 16) for n in covered.shape[:2])
+        np.testing.assert_allclose(cells, laid_pixel_by_pixel(logits, positions, 64, covered.shape[:2]), atol=1e-5)
+        # the same drop everywhere: every cell and every heatmap pixel says so, edges included
+        _, flat = assemble(
+            np.zeros(len(t)), np.full((len(t), 1, 4, 4), -2.0, np.float32), positions, 64, covered.shape[:2]
+        )
+        values = heatmap(flat, 16, covered.shape[:2], w, h)
+        assert values.shape == (h, w)
+        np.testing.assert_allclose(flat, 1 / (1 + np.exp(-2.0)), rtol=1e-5)
+        np.testing.assert_allclose(values, 1 / (1 + np.exp(-2.0)), rtol=1e-5)
+
+
+def test_damage_seen_by_the_edge_tile_is_reported_at_the_edge():
+    """100 x 100: tiles start at 0, 32 and 36 along each side. Only the last tile column sees damage, in its
+    rightmost cells (pixels 84..99): the mask's last column and the heatmap's right edge say so, the left
+    half of the image stays clean."""
+    t, positions, covered = tiles(np.zeros((100, 100, 3), np.uint8), 64, 1024)
+    logits = np.full((len(t), 1, 4, 4), 10.0, np.float32)  # drop probability ~0 everywhere
+    for n, (_, x) in enumerate(positions):
+        if x == 36:
+            logits[n, 0, :, 3] = -10.0  # ~1 in the tile's last cell column: pixels 84..99
+    _, cells = assemble(np.zeros(len(t)), logits, positions, 64, (100, 100))
+    assert cells.shape == (7, 7)
+    assert (cells[:, 6] > 0.99).all()  # pixels 96..99: only the edge tile covers them
+    # 80..95: the tiles at 32 and 36 both cover it; 84..95 (12 of its 16 px) damaged for one of the two
+    np.testing.assert_allclose(cells[:, 5], 12 / 16 * 0.5, atol=1e-3)
+    assert (cells[:, :5] < 0.01).all()
+    values = heatmap(cells, 16, (100, 100), 100, 100)
+    np.testing.assert_allclose(values[:, 98:], cells[0, 6], rtol=1e-5)  # from the last cell's centre (98) on
+    assert (values[:, 96:] > 0.9).all() and (values[:, :72] < 0.01).all()
