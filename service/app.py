@@ -308,17 +308,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def index() -> HTMLResponse:
         return HTMLResponse(INDEX_HTML)
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["health"])
+    @app.get("/healthz", tags=["health"])
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.api_route("/readyz", methods=["GET", "HEAD"], tags=["health"])
+    @app.get("/readyz", tags=["health"])
     async def readyz():
         if state["model"] is None:
             return JSONResponse({"ready": False, "error": state["error"] or "loading"}, 503)
         m = state["model"]
         return {"ready": True, "model": m.name, "version": m.version, "provider": m.provider,
                 "padded_batch_size": m.pad_to or None}  # fmt: skip
+
+    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):  # HEAD too, as load balancers probe
+        app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)  # one operation in the schema
 
     @app.get("/metrics", tags=["health"])
     async def prometheus_metrics() -> Response:
@@ -344,9 +347,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> dict:
         check_auth(request)
         model = ready_model()
+        query = query_options(request, FEATURE_OPTIONS)  # a typo is refused before the body is read
         with state["batcher"].arriving_request():  # the batcher may wait for this one
             images, body = await opened_images(request)
-            p = feature_params(query_options(request, FEATURE_OPTIONS), body, model.layers, model.default_layer)
+            p = feature_params(query, body, model.layers, model.default_layer)
 
             def prepare():
                 views = [centre_view(to_array(img, n), model.size, model.crop_fraction) for n, img in images]
@@ -385,27 +389,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> dict:
         check_auth(request)
         model = ready_model()
+        query = query_options(request, SPOT_OPTIONS)  # a typo is refused before the body is read
         with state["batcher"].arriving_request():  # the batcher may wait for this one
             images, body = await opened_images(request)
-            p = spot_params(query_options(request, SPOT_OPTIONS), body)
-            values, most = pixels(images), settings.max_heatmap_values
-            if p["heatmap"] == "values" and most and values > most:  # a 6 kB PNG can be 7000 x 7000: 340 MB of JSON
+            p = spot_params(query, body)
+            own, most = pixels(images), settings.max_heatmap_values
+            if p["heatmap"] == "values" and most and own > most:  # a PNG of a few kB can be 7000 x 7000: 49 M values
                 raise HTTPException(
                     413,
-                    f"heatmap=values for {values} pixels exceeds the limit of {most} per request: ask for "
+                    f"heatmap=values for {own} pixels exceeds the limit of {most} per request: ask for "
                     "heatmap=png or overlay (or none: the mask is still there), or send fewer images per request",
                 )
 
             # A photo over the limit is analysed downscaled to fit it; what cannot fit is refused from the
             # image headers, before anything is decoded.
             limit = min((n for n in (settings.max_tiles, settings.max_queue_images) if n > 0), default=0)
-            counts = []
+            counts, analysed = [], 0
             for name, img in images:
                 h, w = analysis_size(img.height, img.width, model.size, limit)
                 counts.append(tile_count(h, w, model.size))
+                analysed += h * w
                 if limit and counts[-1] > limit:  # too long and thin to fit at any size
                     raise HTTPException(413, f"{name}: {counts[-1]} tiles even at {w}x{h} exceed the limit of {limit}")
             check_queue_room(sum(counts))
+            # the work grows with the image and with what it is tiled at (a 2 x 1025 strip: 64 x 32800)
+            work = max(own, analysed)
 
             def prepare():
                 per_image = []
@@ -416,7 +424,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 batch = np.concatenate([model.normalize_batch(t) for _, _, t, _, _ in per_image])
                 return per_image, batch
 
-            per_image, batch = await cheap_here_else_thread(pixels(images), prepare, "preprocess")
+            per_image, batch = await cheap_here_else_thread(work, prepare, "preprocess")
             job = submit(batch, HEAD_OUTPUTS)
         outputs = await result(job)
         metrics.images.labels("/spot").inc(len(images))
@@ -430,7 +438,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                "threshold": threshold, "results": results})  # fmt: skip
 
         # a heatmap at a large photo's own size is a large answer: built and encoded on a thread
-        return json_answer(await cheap_here_else_thread(pixels(images), answer, "postprocess"))
+        return json_answer(await cheap_here_else_thread(work, answer, "postprocess"))
 
     routes += [r for r in [*app.router.routes, *oip_routes.routes] if isinstance(r, APIRoute)]
     return app

@@ -114,6 +114,8 @@ class ExportedModel:
         self.crop_fraction = float(pre.get("crop_fraction", 1.0))
         self.outputs = [o["name"] for o in self.meta["outputs"]]
         self.grid = int(self.meta["mask_grid"])
+        if self.size % self.grid:
+            raise ModelError(f"mask_grid {self.grid} must divide input_size {self.size}: a cell is whole pixels")
         self.name, self.version = self.meta["name"], str(self.meta["version"])
         self.pad_to = 0  # set by pad_batches()
 

@@ -14,7 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .features import DTYPES, ENCODINGS, NORMALIZE, POOLS
 
 HEATMAP_FORMATS = ("none", "values", "png", "overlay")
-URL_SAFE = str.maketrans("-_", "+/")  # base64url's two letters, as standard base64 writes them
+# base64url's two letters as standard base64 writes them, and line breaks and spaces dropped, in one pass
+AS_STANDARD_BASE64 = str.maketrans("-_", "+/", " \t\r\n")
 
 
 class JsonImages(BaseModel):
@@ -94,11 +95,11 @@ async def read_images(request: Request, max_files: int) -> tuple[list[tuple[str,
 def image_bytes(text: str, name: str) -> bytes:
     """A base64 image as browsers and tools write it too: a data URL (`data:image/png;base64,...`, what
     FileReader.readAsDataURL gives), wrapped in lines (the `base64` command), URL-safe, padding left off."""
-    if text.startswith("data:"):
+    if text[:5].lower() == "data:":
         header, _, text = text.partition(",")
-        if not header.endswith(";base64"):
+        if not header.lower().endswith(";base64"):
             raise HTTPException(400, f"{name} is a data URL without ';base64,': send the image base64-encoded")
-    text = "".join(text.split()).translate(URL_SAFE).rstrip("=")
+    text = text.translate(AS_STANDARD_BASE64).rstrip("=")
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -13,14 +13,33 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def cells_of_tiles(starts: list[int], size: int, cell: int, length: int) -> np.ndarray:
-    """[length, tiles x cells per tile] along one side: 1 where a pixel lies in a tile's cell."""
-    per_tile = size // cell
-    spread = np.zeros((length, len(starts) * per_tile), np.float32)
-    for n, start in enumerate(starts):
-        for i in range(per_tile):
-            spread[start + i * cell : start + (i + 1) * cell, n * per_tile + i] = 1
-    return spread
+def cell_shares(starts: list[int], size: int, cell: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Along one side of the covered image: (covered cell, tile cell, share) for every pair that overlaps.
+    Tile cells are numbered tile by tile. One lies over one covered cell, or two where its tile starts off
+    the cell boundaries (the last tile, flush with the edge). Its share of a covered cell: its pixels there,
+    each divided by the number of tiles over that pixel (overlaps are averaged), over the cell's pixels."""
+    over = np.zeros(length + 1)
+    for start in starts:  # tiles over each pixel: a running sum of +1 where a tile starts, -1 past its end
+        over[start] += 1
+        over[start + size] -= 1
+    weight = np.concatenate([[0.0], np.cumsum(1 / np.cumsum(over[:-1]))])  # prefix sums of 1 / tiles over a pixel
+    first = (np.asarray(starts)[:, None] + np.arange(0, size, cell)).ravel()  # each tile cell's first pixel
+    own, next_ = first // cell, (first + cell - 1) // cell
+    straddles = next_ != own
+    covered_cell = np.concatenate([own, next_[straddles]])
+    tile_cell = np.concatenate([np.arange(len(first)), np.flatnonzero(straddles)])
+    cell_end = np.minimum((covered_cell + 1) * cell, length)
+    low = np.maximum(first[tile_cell], covered_cell * cell)
+    high = np.minimum(first[tile_cell] + cell, cell_end)
+    return covered_cell, tile_cell, (weight[high] - weight[low]) / (cell_end - covered_cell * cell)
+
+
+def to_cells(values: np.ndarray, shares: tuple[np.ndarray, np.ndarray, np.ndarray], cells: int) -> np.ndarray:
+    """[rows, tile cells] -> [rows, covered cells]: each covered cell the sum of its tile cells' shares."""
+    covered_cell, tile_cell, share = shares
+    out = np.zeros((cells, values.shape[0]))
+    np.add.at(out, covered_cell, (values[:, tile_cell] * share).T)
+    return out.T
 
 
 def assemble(
@@ -32,29 +51,25 @@ def assemble(
 ) -> tuple[float, np.ndarray]:
     """(artifact score = mean tile probability, drop probability per cell of the covered image).
 
-    A cell is size/grid pixels of the covered image. The tiles' cells are laid on the image pixel by pixel,
-    since the last tile along a side sits flush with the edge, off the cell boundaries; where tiles overlap
-    their probabilities are averaged, and a cell is the mean over its pixels (the last row and column of
-    cells may be partial). Tiles whose cells line up give each cell exactly its tiles' mean.
+    A cell is size/grid pixels of the covered image. The tiles' cells are laid on the image where their
+    pixels are, since the last tile along a side sits flush with the edge, off the cell boundaries; where
+    tiles overlap their probabilities are averaged pixel by pixel, and a cell is the mean over its pixels
+    (the last row and column of cells may be partial). Tiles form a grid (every row start with every
+    column start), so this goes one side at a time, at cell resolution: the cost grows with the tiles.
     """
     grid = mask_logits.shape[-1]
     cell = size // grid
     h, w = covered
     rows, cols = sorted({y for y, _ in positions}), sorted({x for _, x in positions})
     row_of, col_of = {y: n * grid for n, y in enumerate(rows)}, {x: n * grid for n, x in enumerate(cols)}
-    drop = np.zeros((len(rows) * grid, len(cols) * grid), np.float32)  # every tile's cells side by side
-    for (y, x), tile_drop in zip(positions, sigmoid(-mask_logits[:, 0].astype(np.float32))):
+    drop = np.zeros((len(rows) * grid, len(cols) * grid))  # every tile's cells side by side
+    for (y, x), tile_drop in zip(positions, sigmoid(-mask_logits[:, 0].astype(np.float64))):
         r, c = row_of[y], col_of[x]
         drop[r : r + grid, c : c + grid] = tile_drop
-    # the tiles form a grid (every row start with every column start): laying them on the pixels and
-    # counting the tiles over each pixel are products of one matrix per side
-    down, across = cells_of_tiles(rows, size, cell, h), cells_of_tiles(cols, size, cell, w)
-    per_pixel = (down @ drop @ across.T) / np.outer(down.sum(1), across.sum(1))
-    starts_y, starts_x = np.arange(0, h, cell), np.arange(0, w, cell)
-    sums = np.add.reduceat(np.add.reduceat(per_pixel, starts_y, axis=0), starts_x, axis=1)
-    areas = np.outer(np.diff(starts_y, append=h), np.diff(starts_x, append=w))
+    across = to_cells(drop, cell_shares(cols, size, cell, w), -(-w // cell))  # [tile cell rows, covered cols]
+    cells = to_cells(across.T, cell_shares(rows, size, cell, h), -(-h // cell)).T
     score = float(sigmoid(-real_logits.astype(np.float64)).mean())
-    return score, (sums / areas).astype(np.float32)
+    return score, cells.astype(np.float32)
 
 
 def between_cells(length: int, covered: int, cell: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -127,7 +142,7 @@ def results(per_image: list, outputs: dict[str, np.ndarray], heatmap_format: str
             "mask": {
                 "rows": cells.shape[0],
                 "cols": cells.shape[1],
-                "cell_pixels": size / grid,
+                "cell_pixels": size // grid,
                 "values": cells.round(5),
             },
         }

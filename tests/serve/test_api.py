@@ -363,6 +363,18 @@ def test_openapi_documents_the_multipart_and_json_forms(client):
     for route in ("/features", "/spot"):
         content = spec["paths"][route]["post"]["requestBody"]["content"]
         assert {"multipart/form-data", "application/json"} <= set(content)
+    operations = [op["operationId"] for methods in spec["paths"].values() for op in methods.values()]
+    assert len(operations) == len(set(operations))  # unique, or code generators refuse the schema
+
+
+def test_a_model_whose_mask_cells_are_not_whole_pixels_is_refused(tmp_path, model_dir):
+    from service.model import ModelError
+
+    meta = json.loads((model_dir / "model.json").read_text())
+    (tmp_path / "model.onnx").write_bytes((model_dir / "model.onnx").read_bytes())
+    (tmp_path / "model.json").write_text(json.dumps({**meta, "mask_grid": 5}))  # 32 px input / 5
+    with pytest.raises(ModelError, match="mask_grid 5 must divide input_size"):
+        ExportedModel(tmp_path, "cpu")
 
 
 def _batch_histogram(metrics_text: str) -> dict[str, float]:
@@ -673,6 +685,7 @@ def test_base64_as_browsers_and_tools_write_it(client):
     forms = [
         standard,
         "data:image/png;base64," + standard,
+        "DATA:image/png;BASE64," + standard,
         base64.encodebytes(GOOD).decode(),
         base64.urlsafe_b64encode(GOOD).decode().rstrip("="),
     ]

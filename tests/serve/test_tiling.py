@@ -102,3 +102,19 @@ def test_damage_seen_by_the_edge_tile_is_reported_at_the_edge():
     values = heatmap(cells, 16, (100, 100), 100, 100)
     np.testing.assert_allclose(values[:, 98:], cells[0, 6], rtol=1e-5)  # from the last cell's centre (98) on
     assert (values[:, 96:] > 0.9).all() and (values[:, :72] < 0.01).all()
+
+
+def test_a_long_thin_image_costs_what_its_tiles_do():
+    """2 x 1025 px (an 85-byte PNG) is tiled at 64 x 32800: 1024 tiles, at the limit. Its mask is assembled
+    one side at a time at cell resolution: no matrix of the strip's 32800 pixels by its 4096 tile cells."""
+    import tracemalloc
+
+    t, positions, covered = tiles(np.zeros((2, 1025, 3), np.uint8), 64, 1024)
+    assert len(t) == 1024 and covered.shape[:2] == (64, 32800)
+    logits = np.random.default_rng(0).normal(size=(len(t), 1, 4, 4)).astype(np.float32)
+    tracemalloc.start()
+    _, cells = assemble(np.zeros(len(t)), logits, positions, 64, (64, 32800))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert cells.shape == (4, 2050) and np.isfinite(cells).all()
+    assert peak < 16 * 2**20, peak  # a dense 32800 x 4096 matrix alone is 512 MiB
