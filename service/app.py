@@ -428,7 +428,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             job = submit(batch, HEAD_OUTPUTS)
         outputs = await result(job)
         metrics.images.labels("/spot").inc(len(images))
-        threshold = settings.threshold or float(model.meta.get("spot_threshold", 0.5))
+        own = float(model.meta.get("spot_threshold", 0.5))
+        threshold = own if settings.threshold is None else settings.threshold
 
         def answer() -> bytes:
             results = spot.results(per_image, outputs, p["heatmap"], model.size, model.grid)

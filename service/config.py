@@ -36,8 +36,8 @@ class Settings(BaseSettings):
     max_queue_images: NonNegativeInt = 2048
     max_connections: int = 512  # per worker: connections and requests at once; beyond, uvicorn answers 503
     request_timeout_s: float = 60.0  # waiting for the model longer than this is a 504
-    # /spot: artifact_score above it = altered; 0 = the model's own (model.json, else 0.5)
-    threshold: float = Field(0.0, ge=0.0, le=1.0)
+    # /spot: artifact_score above it = altered (0 = any score above 0); unset = the model's own (model.json, else 0.5)
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
     access_log: bool = True  # uvicorn's one line per request (benchmarks turn it off)
     log_format: Literal["text", "json"] = "text"  # json: one JSON object a line, for log collectors
     api_key: str = ""  # when set, requests need "Authorization: Bearer <key>"

@@ -17,6 +17,11 @@ def resolve_config(preset: str | None, run_dir: Path | None, overrides: list[str
     ckpt = run_dir / "checkpoint.pt" if run_dir else None
     if ckpt and ckpt.exists():
         cfg = Config.from_dict(checkpoint.load(ckpt)["config"])
+        if preset and preset != cfg.preset:
+            raise SystemExit(
+                f"{run_dir} holds a {cfg.preset} run: resume it without --preset (or with --preset {cfg.preset}), "
+                f"or start the {preset} run in a new --run-dir"
+            )
         apply_overrides(cfg, overrides)
         return cfg
     if not preset:
@@ -125,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             from .export import export
 
+            if not 0 <= args.threshold <= 1:  # an artifact score is in [0, 1]
+                raise SystemExit(f"--threshold must be in [0, 1], got {args.threshold}")
+
             from .probe import probe_summary
 
             metrics = {}
@@ -152,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             from .speed import measure
 
             cfg = load_config(args.preset, dict(overrides))
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)  # before a minute of measuring, not after
             results = measure(cfg, args.steps)
             print(json.dumps(results, indent=2))
             if args.out:

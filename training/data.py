@@ -34,8 +34,11 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
 def default_data_root() -> Path:
-    return Path(os.environ.get("SPOT_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    return Path(os.environ.get("SPOT_DATA") or SHARED_DATA)
 
 
 def default_cache_dir() -> Path:
@@ -111,6 +114,8 @@ def _load_tiny_imagenet(root: Path, split: str) -> ImageArray:
 def _load_cifar10_sample(root: Path) -> ImageArray:
     folder = root / "cifar10-lossless-sample"
     sheets = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("cifar10_batch_*.png"))]
+    if not sheets:
+        raise ValueError(f"cifar10-sample: no cifar10_batch_*.png in {folder}")
     images = np.concatenate([s.reshape(s.shape[0], 32, 32, 3) for s in sheets])  # one image per row
     labels = np.load(folder / "labels.npy").astype(np.int64)
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -137,15 +142,18 @@ def load_images(spec: str, root: Path | None = None, cache_dir: Path | None = No
     root = Path(root or default_data_root())
     cache_dir = Path(cache_dir or default_cache_dir())
     kind, _, arg = spec.partition(":")
-    key = (
-        spec
-        if kind != "folder"
-        else f"folder-{hashlib.sha1(str(Path(arg).resolve()).encode()).hexdigest()[:12]}-{size}"
-    )
+    if kind == "folder":
+        key = f"folder-{hashlib.sha1(str(Path(arg).resolve()).encode()).hexdigest()[:12]}-{size}"
+    elif root.resolve() != SHARED_DATA.resolve():  # another copy of the data (data.root): a cache of its own
+        key = f"{spec}@{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]}"
+    else:
+        key = spec
     stem = cache_dir / key.replace(":", "-").replace("/", "_")
     if (stem.with_suffix(".json")).exists():
         meta = json.loads(stem.with_suffix(".json").read_text())
         return ImageArray(np.load(f"{stem}.images.npy", mmap_mode="r"), np.load(f"{stem}.labels.npy"), meta["classes"])
+    if kind != "folder" and not root.is_dir():
+        raise ValueError(f"{spec}: the data root {root} is not a folder (data.root, or SPOT_DATA)")
     if kind == "cifar10" and arg in ("train", "test"):
         data = _load_cifar10(root, arg)
     elif kind == "tiny-imagenet" and arg in ("train", "val"):

@@ -42,6 +42,23 @@ class MetricLog:
             self.writer.close()
 
 
+def forget_records_after(run_dir: Path, state: dict | None) -> None:
+    """Before a run (re)starts in its folder: the records it logged after its checkpoint (or, without one,
+    all) go from metrics.jsonl and summary.jsonl, since it logs those steps again; one record a step."""
+    completed = state["completed"] if state else []
+
+    def before(record: dict) -> bool:
+        if record["stage"] in completed:
+            return True
+        return bool(state) and record["stage"] == state["stage"] and record.get("step", 0) <= state["step"]
+
+    for name in ("metrics.jsonl", "summary.jsonl"):
+        path = Path(run_dir) / name
+        if path.exists():
+            lines = [line for line in path.read_text().splitlines() if line.strip()]
+            path.write_text("".join(f"{line}\n" for line in lines if before(json.loads(line))))
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

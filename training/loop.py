@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import shlex
 import sys
 import time
@@ -28,7 +29,7 @@ from . import checkpoint, dist
 from .artifacts import damage, sample_keep_mask
 from .config import Config, dump
 from .data import ImageArrayDataset, ResumableSampler, load_images, eval_transform, train_transform
-from .log import MetricLog, sample_grid
+from .log import MetricLog, forget_records_after, sample_grid
 from .losses import autoencoder_loss, discriminator_loss, real_fake_labels, repair_loss
 from .networks import build_networks, to_disc_input
 
@@ -310,10 +311,24 @@ def train(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
         state = checkpoint.load(run_dir / CHECKPOINT)
         if Config.from_dict(state["config"]).model != cfg.model:
             raise ValueError(f"{run_dir} holds a run with another model config: resume it as is or use a new --run-dir")
+        stored = Config.from_dict(state["config"])
+        finished = [s for s in stages if s in state["completed"]]
+        if changed := [s for s in finished if stage_steps(s, cfg) != stage_steps(s, stored)]:
+            raise ValueError(
+                f"{', '.join(changed)} already finished in {run_dir} at {stage_steps(changed[0], stored)} steps: "
+                "to train longer, start a new --run-dir with --init_from pointing at this checkpoint"
+            )
+        if len(finished) == len(stages):
+            log.info("%s: every stage asked for (%s) has already finished; nothing to do", run_dir, ", ".join(stages))
+            dist.teardown()
+            return {}
         log.info("resuming %s from stage %s step %d", run_dir, state["stage"], state["step"])
+    elif "spot" in stages and "ae" not in stages and not (cfg.train.init_from and "ae" in cfg.train.init_networks):
+        log.warning("the spot stage without the ae stage or --init_from: its autoencoder stays untrained")
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(dump(cfg))
+        forget_records_after(run_dir, state)
     dist.barrier()
     torch.manual_seed(cfg.train.seed + info.rank)
 
@@ -325,7 +340,15 @@ def train(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     elif cfg.train.init_from:
         init = checkpoint.load(Path(cfg.train.init_from))
         for name in cfg.train.init_networks.split(","):
-            nets[name].load_state_dict(init["networks"][name])
+            if name not in nets or name not in init["networks"]:
+                raise ValueError(
+                    f"init_networks: {name!r} is not one of {cfg.train.init_from}'s {sorted(init['networks'])}"
+                )
+            try:
+                nets[name].load_state_dict(init["networks"][name])
+            except RuntimeError as exc:  # another width or architecture
+                first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+                raise ValueError(f"{name} in {cfg.train.init_from} does not fit this model config: {first}") from None
         log.info("initialised %s from %s", cfg.train.init_networks, cfg.train.init_from)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     for m in nets.values():
@@ -358,6 +381,8 @@ def train(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
 
     completed = list(state["completed"]) if state else []
     wall_time = state.get("wall_time", 0.0) if state else 0.0
+    if state is not None:  # where the run stopped: mid-stage, or at the end of one and so before the next
+        resume_random_state(state, info, cfg.train.seed)
     last = {}
     for stage in stages:
         if stage in completed:
@@ -371,6 +396,18 @@ def train(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     dist.barrier()
     dist.teardown()
     return last
+
+
+def resume_random_state(state: dict, info: dist.DistInfo, seed: int) -> None:
+    """The checkpoint holds the main process's random state, so one process continues exactly where it
+    stopped. Under DDP the other processes reseed from their rank and the stopping point: they still draw
+    masks of their own, though not those an uninterrupted run would have (docs/training.md)."""
+    if info.rank == 0:
+        checkpoint.set_rng_state(state["rng"])
+    else:
+        where = (STAGES.index(state["stage"]) + 1) * 1_000_003 + state["step"]
+        torch.manual_seed(seed + info.rank + 7_919 * where)
+        random.seed(seed + info.rank + 7_919 * where)
 
 
 @dataclass
@@ -404,7 +441,6 @@ def run_stage(stage: str, nets: dict, run: Run, resume: dict | None, completed: 
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         step, epoch, position = resume["step"], resume["epoch"], resume["position"]
-        checkpoint.set_rng_state(resume["rng"])
     wrapped = {k: DDP(m) if info.distributed else m for k, m in nets.items() if k in trained}
     step_nets = {**nets, **wrapped}
     if t.compile:

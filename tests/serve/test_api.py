@@ -472,6 +472,7 @@ def test_a_threshold_outside_0_to_1_is_refused_at_start():
         with pytest.raises(ValidationError, match="threshold"):
             Settings(threshold=bad)
     assert Settings(threshold=1.0).threshold == 1.0
+    assert Settings(threshold=0.0).threshold == 0.0 and Settings().threshold is None  # 0 is a threshold, not unset
 
 
 def test_a_lone_request_waits_out_the_batch_delay_only_when_the_delay_is_not_adaptive(model_dir):

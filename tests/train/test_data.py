@@ -90,3 +90,14 @@ def test_tiny_imagenet_val_has_200_classes_of_50(data_root, cache_dir):
     assert data.images.shape == (10000, 64, 64, 3) and len(data.classes) == 200
     assert np.bincount(data.labels, minlength=200).tolist() == [50] * 200
     assert data.classes == sorted(data.classes) and data.classes[0].startswith("n0")
+
+
+def test_another_data_root_gets_its_own_cache_and_a_missing_one_a_clear_error(data_root, cache_dir, tmp_path):
+    """The cache of the shared data must not answer for data.root pointing elsewhere (another copy, or
+    nothing at all), and a root that is not there is named in the error."""
+    load_images("cifar10-sample", data_root, cache_dir)  # cached
+    with pytest.raises(ValueError, match="the data root .*nowhere is not a folder"):
+        load_images("cifar10-sample", tmp_path / "nowhere", cache_dir)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no cifar10_batch"):
+        load_images("cifar10-sample", tmp_path / "empty", cache_dir)

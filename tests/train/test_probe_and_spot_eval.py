@@ -24,6 +24,34 @@ def test_probe_on_real_labels_beats_chance(data_root, cache_dir):
     assert result["dims"]["conv1"] <= 9600
 
 
+def _colour_folder(root, classes):
+    """A folder dataset in the test: a class per colour, 12 noisy images each."""
+    from PIL import Image
+
+    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(12):
+            pixels = np.clip(np.array(colours[name]) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return f"folder:{root}"
+
+
+def test_probe_matches_test_classes_to_train_classes_by_name(tmp_path, cache_dir):
+    """Each folder numbers its own sorted class subfolders: tested on green and blue only (0 and 1 there, 1
+    and 2 in training), the labels are matched by name; classes the probe never learnt are refused."""
+    torch.manual_seed(0)
+    cfg = load_config("tiny")
+    features = torch_features(build_networks(cfg.model)["disc"])
+    train = _colour_folder(tmp_path / "train", ["red", "green", "blue"])
+    test = _colour_folder(tmp_path / "test", ["green", "blue"])
+    result = probe(features, cfg, train, test, ProbeSchedule(epochs=30), layers=["conv1"])
+    assert result["classes"] == 3 and result["top1"]["conv1"] == 1.0
+    with pytest.raises(ValueError, match="classes it learnt"):
+        probe(features, cfg, test, train, ProbeSchedule(epochs=1), layers=["conv1"])
+
+
 def test_gap_closed_is_the_papers_fraction():
     random = dict(conv1=0.1, conv2=0.1, conv3=0.1, conv4=0.1, conv5=0.1)
     supervised = dict(conv1=0.3, conv2=0.5, conv3=0.5, conv4=0.5, conv5=0.5)

@@ -87,11 +87,68 @@ def test_kill_9_then_resume_reaches_the_same_weights(tmp_path, uninterrupted):
     reference = checkpoint.load(uninterrupted / "checkpoint.pt")
     assert (resumed["stage"], resumed["step"]) == ("spot", 30)
     assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name]  # half-written files are cleaned up
+    logged = [(r["stage"], r["step"]) for r in read_metrics(run_dir)]
+    assert logged == [(r["stage"], r["step"]) for r in read_metrics(uninterrupted)]  # none twice
     for net in ("ae", "repair", "disc"):
         for key, value in reference["networks"][net].items():
             assert torch.allclose(resumed["networks"][net][key].float(), value.float(), atol=1e-5), (
                 f"{net}.{key} differs"
             )
+
+
+def test_records_logged_after_the_checkpoint_are_forgotten_on_resume(tmp_path):
+    """Killed at spot step 25 with its checkpoint at 20: step 25 will be logged again, so it goes now."""
+    from training.log import forget_records_after
+
+    rows = [("ae", 10), ("ae", 20), ("spot", 10), ("spot", 20), ("spot", 25)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"stage": a, "step": b}) + "\n" for a, b in rows))
+    (tmp_path / "summary.jsonl").write_text(json.dumps({"stage": "ae", "steps": 20}) + "\n")
+    forget_records_after(tmp_path, {"stage": "spot", "step": 20, "completed": ["ae"]})
+    assert [(r["stage"], r["step"]) for r in read_metrics(tmp_path)] == rows[:4]
+    assert (tmp_path / "summary.jsonl").read_text().count("\n") == 1
+    forget_records_after(tmp_path, None)  # no checkpoint: the run starts over
+    assert read_metrics(tmp_path) == [] and (tmp_path / "summary.jsonl").read_text() == ""
+
+
+def test_stopped_between_two_stages_then_resumed_reaches_the_same_weights(tmp_path, uninterrupted):
+    """The autoencoder's stage done, the next not begun: the spot stage starts from the random state the
+    run stopped with (it used to start from the one the networks' construction left)."""
+    run_dir = tmp_path / "between"
+    first = subprocess.run(_cli(run_dir, "--stages=ae"), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert checkpoint.load(run_dir / "checkpoint.pt")["completed"] == ["ae"]
+    result = subprocess.run(_cli(run_dir, "--stages=ae,spot"), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = checkpoint.load(run_dir / "checkpoint.pt")
+    reference = checkpoint.load(uninterrupted / "checkpoint.pt")
+    for net in ("ae", "repair", "disc"):
+        for key, value in reference["networks"][net].items():
+            assert torch.allclose(resumed["networks"][net][key].float(), value.float(), atol=1e-5), f"{net}.{key}"
+
+
+def test_a_run_folder_is_resumed_as_its_own_preset(tmp_path, uninterrupted):
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "train", "--preset", "tiny64", "--run-dir", str(uninterrupted)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0 and "holds a tiny run" in result.stderr
+
+
+def test_a_finished_run_is_left_alone_and_cannot_silently_grow(tmp_path, uninterrupted):
+    before = (uninterrupted / "checkpoint.pt").read_bytes()
+    again = subprocess.run(_cli(uninterrupted), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already finished; nothing to do" in again.stderr, again.stderr[-2000:]
+    longer = subprocess.run(
+        _cli(uninterrupted, "--spot_steps=40"), cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert longer.returncode == 2 and "spot already finished" in longer.stderr and "--init_from" in longer.stderr
+    assert (uninterrupted / "checkpoint.pt").read_bytes() == before
+    assert json.loads((uninterrupted / "config.json").read_text())["train"]["spot_steps"] == 30
+    typo = _cli(
+        tmp_path / "typo", "--stages=spot", f"--init_from={uninterrupted / 'checkpoint.pt'}", "--init_networks=ae,disk"
+    )
+    result = subprocess.run(typo, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "'disk' is not one of" in result.stderr, result.stderr[-2000:]
 
 
 @pytest.mark.slow
