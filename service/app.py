@@ -393,11 +393,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with state["batcher"].arriving_request():  # the batcher may wait for this one
             images, body = await opened_images(request)
             p = spot_params(query, body)
-            own, most = pixels(images), settings.max_heatmap_values
-            if p["heatmap"] == "values" and most and own > most:  # a PNG of a few kB can be 7000 x 7000: 49 M values
+            own_pixels, most = pixels(images), settings.max_heatmap_values
+            if (
+                p["heatmap"] == "values" and most and own_pixels > most
+            ):  # a PNG of a few kB can be 7000 x 7000: 49 M values
                 raise HTTPException(
                     413,
-                    f"heatmap=values for {own} pixels exceeds the limit of {most} per request: ask for "
+                    f"heatmap=values for {own_pixels} pixels exceeds the limit of {most} per request: ask for "
                     "heatmap=png or overlay (or none: the mask is still there), or send fewer images per request",
                 )
 
@@ -413,7 +415,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     raise HTTPException(413, f"{name}: {counts[-1]} tiles even at {w}x{h} exceed the limit of {limit}")
             check_queue_room(sum(counts))
             # the work grows with the image and with what it is tiled at (a 2 x 1025 strip: 64 x 32800)
-            work = max(own, analysed)
+            work = max(own_pixels, analysed)
 
             def prepare():
                 per_image = []
@@ -428,8 +430,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             job = submit(batch, HEAD_OUTPUTS)
         outputs = await result(job)
         metrics.images.labels("/spot").inc(len(images))
-        own = float(model.meta.get("spot_threshold", 0.5))
-        threshold = own if settings.threshold is None else settings.threshold
+        threshold = float(model.meta.get("spot_threshold", 0.5)) if settings.threshold is None else settings.threshold
 
         def answer() -> bytes:
             results = spot.results(per_image, outputs, p["heatmap"], model.size, model.grid)

@@ -128,11 +128,9 @@ def main(argv: list[str] | None = None) -> int:
 
             train(cfg, args.run_dir, progress=not args.no_progress)
         elif args.command == "export":
-            from .export import export
-
             if not 0 <= args.threshold <= 1:  # an artifact score is in [0, 1]
                 raise SystemExit(f"--threshold must be in [0, 1], got {args.threshold}")
-
+            from .export import export
             from .probe import probe_summary
 
             metrics = {}

@@ -309,9 +309,9 @@ def train(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     state = None
     if (run_dir / CHECKPOINT).exists():
         state = checkpoint.load(run_dir / CHECKPOINT)
-        if Config.from_dict(state["config"]).model != cfg.model:
-            raise ValueError(f"{run_dir} holds a run with another model config: resume it as is or use a new --run-dir")
         stored = Config.from_dict(state["config"])
+        if stored.model != cfg.model:
+            raise ValueError(f"{run_dir} holds a run with another model config: resume it as is or use a new --run-dir")
         finished = [s for s in stages if s in state["completed"]]
         if changed := [s for s in finished if stage_steps(s, cfg) != stage_steps(s, stored)]:
             raise ValueError(
@@ -346,8 +346,9 @@ def train(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
                 )
             try:
                 nets[name].load_state_dict(init["networks"][name])
-            except RuntimeError as exc:  # another width or architecture
-                first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+            except RuntimeError as exc:  # another width or architecture: its first mismatch says which
+                lines = str(exc).splitlines()
+                first = lines[1].strip() if len(lines) > 1 else str(exc)
                 raise ValueError(f"{name} in {cfg.train.init_from} does not fit this model config: {first}") from None
         log.info("initialised %s from %s", cfg.train.init_networks, cfg.train.init_from)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
@@ -406,8 +407,9 @@ def resume_random_state(state: dict, info: dist.DistInfo, seed: int) -> None:
         checkpoint.set_rng_state(state["rng"])
     else:
         where = (STAGES.index(state["stage"]) + 1) * 1_000_003 + state["step"]
-        torch.manual_seed(seed + info.rank + 7_919 * where)
-        random.seed(seed + info.rank + 7_919 * where)
+        reseed = seed + info.rank + 7_919 * where
+        torch.manual_seed(reseed)
+        random.seed(reseed)
 
 
 @dataclass

@@ -136,26 +136,31 @@ def probe(
     """Top-1 per layer of linear probes trained on `train_spec` labels and tested on `test_spec`."""
     size = cfg.model.image_size
     started = time.time()
-    sets, names = {}, {}
-    for role, spec in (("train", train_spec), ("test", test_spec)):
-        data = load_images(spec, cfg.data.root or None, cfg.data.cache_dir or None, size)
+    arrays = {
+        spec: load_images(spec, cfg.data.root or None, cfg.data.cache_dir or None, size)
+        for spec in (train_spec, test_spec)
+    }
+    for spec, data in arrays.items():
         if unlabelled := int((data.labels < 0).sum()):
             raise ValueError(f"{spec}: a probe needs every image in a class subfolder; {unlabelled} are not")
-        names[role] = list(data.classes)
-        dataset = ImageArrayDataset(data, eval_transform(cfg.data, size))
-        if limit:  # a seeded random subset: the archives are sorted by class, a prefix would hold a few
-            keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit]
-            dataset = torch.utils.data.Subset(dataset, keep.sort().values.tolist())
-        sets[role] = extract(features, dataset, desc=f"features {spec}")
-    (train_feats, train_y), (test_feats, test_y) = sets["train"], sets["test"]
-    # A label is a position in its own set's class list: the test set's are matched to the train set's by name.
-    if unknown := sorted(set(names["test"]) - set(names["train"])):
+    # A label is a position in its own set's class list: the test set's are matched to the train set's by
+    # name, checked before any feature is extracted.
+    learnt, tested = list(arrays[train_spec].classes), list(arrays[test_spec].classes)
+    if unknown := sorted(set(tested) - set(learnt)):
         raise ValueError(
             f"{test_spec} has classes {train_spec} has not ({', '.join(unknown[:5])}"
             f"{', ...' if len(unknown) > 5 else ''}): a probe can only be tested on the classes it learnt"
         )
-    test_y = np.array([names["train"].index(c) for c in names["test"]])[test_y]
-    classes = len(names["train"])
+    sets = {}
+    for spec in arrays:  # once when train and test are the same set
+        dataset = ImageArrayDataset(arrays[spec], eval_transform(cfg.data, size))
+        if limit:  # a seeded random subset: the archives are sorted by class, a prefix would hold a few
+            keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit]
+            dataset = torch.utils.data.Subset(dataset, keep.sort().values.tolist())
+        sets[spec] = extract(features, dataset, desc=f"features {spec}")
+    (train_feats, train_y), (test_feats, test_y) = sets[train_spec], sets[test_spec]
+    test_y = np.array([learnt.index(c) for c in tested])[test_y]
+    classes = len(learnt)
     top1 = {}
     for layer in tqdm(layers, desc="probes", leave=False):
         top1[layer] = train_linear(train_feats[layer], train_y, test_feats[layer], test_y, classes, schedule)
