@@ -32,26 +32,36 @@ def resolve_config(preset: str | None, run_dir: Path | None, overrides: list[str
 def run_probe(args, overrides: list[str]) -> dict:
     import torch
 
+    from .data import ImageArrayDataset, eval_transform, load_images
     from .networks import build_networks
-    from .probe import LAYERS, ProbeSchedule, onnx_features, probe, torch_features
+    from .probe import LAYERS, ProbeSchedule, onnx_features, probe, reestimate_batchnorm, torch_features
 
+    disc = None
     if args.checkpoint:
         nets, cfg, _ = checkpoint.load_networks(args.checkpoint)
-        features, source = torch_features(nets["disc"]), str(args.checkpoint)
+        disc, source = nets["disc"], str(args.checkpoint)
     elif args.model:
+        if args.batchnorm != "game":
+            raise ValueError("--batchnorm probe-data needs --checkpoint or --random: an exported model has its statistics folded in")
         meta = json.loads((args.model / "model.json").read_text())
         cfg = load_config(meta["training"]["preset"])
         features, source = onnx_features(args.model), f"onnx:{args.model}"
     else:
         cfg = load_config(args.random, overrides)  # e.g. --model.width=1.0 for a full-width run's row
         torch.manual_seed(cfg.train.seed)
-        features, source = torch_features(build_networks(cfg.model)["disc"]), f"random:{args.random}"
+        disc, source = build_networks(cfg.model)["disc"], f"random:{args.random}"
+    if disc is not None:
+        if args.batchnorm == "probe-data":
+            size = cfg.model.image_size
+            images = load_images(args.train_data, cfg.data.root or None, cfg.data.cache_dir or None, size)
+            reestimate_batchnorm(disc, ImageArrayDataset(images, eval_transform(cfg.data, size)))
+        features = torch_features(disc)
     layers = args.layers.split(",")
     if unknown := set(layers) - set(LAYERS):
         raise ValueError(f"unknown layers {sorted(unknown)}; valid: {', '.join(LAYERS)}")
     schedule = ProbeSchedule(epochs=args.epochs)
     results = probe(features, cfg, args.train_data, args.test_data, schedule, args.limit, layers)
-    return {"model": source, "preset": cfg.preset, **results}
+    return {"model": source, "preset": cfg.preset, "batchnorm": args.batchnorm, **results}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-data", required=True, help="labelled source spec the probes train on")
     p.add_argument("--test-data", required=True, help="labelled source spec they are tested on")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument(
+        "--batchnorm",
+        choices=("game", "probe-data"),
+        default="game",
+        help="BatchNorm statistics: as the pretext left them, or re-estimated on the probe's training images",
+    )
     p.add_argument("--limit", type=int, default=0, help="use a seeded random N images of each set (smoke runs)")
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
     p = sub.add_parser(
@@ -112,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--results", type=Path, default=Path("docs/results"))
     p.add_argument("--out", type=Path, default=Path("docs/results.md"))
+    p = sub.add_parser("curve", help="a run's held-out pretext accuracy at every logged step, as JSON")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, help="also write it here (docs/results/pretext-NAME.json for the report)")
+    p = sub.add_parser(
+        "recover", help="a checkpoint of an exported model's discriminator (its run folder gone), checked against it"
+    )
+    p.add_argument("--model", type=Path, required=True, help="an exported model folder (model.onnx + model.json)")
+    p.add_argument("--out", type=Path, required=True, help="the checkpoint to write")
     sub.add_parser("keys", help="list every config key")
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -188,6 +212,20 @@ def main(argv: list[str] | None = None) -> int:
 
             write_report(args.results, args.out)
             print(args.out)
+        elif args.command == "curve":
+            from .report import pretext_curve
+
+            summary = args.run_dir / "summary.jsonl"  # each finished stage's last metrics and wall time
+            stages = [json.loads(line) for line in summary.read_text().splitlines()] if summary.exists() else []
+            results = {"run": str(args.run_dir), "stages": stages, "curves": pretext_curve(args.run_dir)}
+            print(json.dumps(results, indent=2))
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=2) + "\n")
+        elif args.command == "recover":
+            from .recover import recover
+
+            print(json.dumps(recover(args.model, args.out), indent=2))
         elif args.command == "keys":
             print("\n".join(valid_keys()))
     except (KeyError, TypeError, ValueError, FileNotFoundError, checkpoint.CheckpointError) as exc:

@@ -55,6 +55,10 @@ class TrainConfig:
     supervised_steps: int = 0  # the "supervised" row: the discriminator trained with labels
     detect_steps: int = 0  # stage "detect": the discriminator alone, against the final (frozen) repair net
     detect_heads_only: bool = False  # detect trains the heads alone: conv1..conv5 (the features) stay as they were
+    rotation_steps: int = 0  # stage "rotation": the trunk classifies quarter-turns (RotNet), its own pretext row
+    rotation_weight: float = 0.0  # > 0 in stage "spot": the combined variant, the game plus rotations of real images
+    stop_at_chance_step: int = 0  # > 0: at the first log at or past this step, a stage whose held-out pretext
+    chance_margin: float = 0.05  # accuracy is within chance_margin of chance stops the run (0 = never)
     batch_size: int = 128  # per process; the discriminator sees 2x this
     lr: float = 3e-4
     beta1: float = 0.5

@@ -149,7 +149,9 @@ def provenance(ckpt_path: Path, cfg: Config, state: dict, command: str | None) -
         "wall_time_s": float(state.get("wall_time", 0.0)),
         "hardware": state.get("hardware", "unknown"),
         "command": command or state.get("command") or "unknown",
-        "initialised_from": init_provenance(cfg),
+        # a recovered checkpoint (python -m training recover) carries what its model.json said
+        "initialised_from": state.get("initialised_from") or init_provenance(cfg),
+        **({"recovered_from": state["recovered_from"]} if state.get("recovered_from") else {}),
     }
 
 

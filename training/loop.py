@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -30,100 +29,13 @@ from .artifacts import damage, sample_keep_mask
 from .config import Config, dump
 from .data import ImageArrayDataset, ResumableSampler, load_images, eval_transform, train_transform
 from .log import MetricLog, forget_records_after, sample_grid
-from .losses import autoencoder_loss, discriminator_loss, real_fake_labels, repair_loss
-from .networks import build_networks, to_disc_input
+from .networks import Discriminator, build_networks, to_disc_input
+from .steps import STEPS, disc_size, make_pair, psnr_db, rotation_logits
 
 log = logging.getLogger(__name__)
-STAGES = ("ae", "spot", "supervised", "detect")
+STAGES = ("ae", "spot", "supervised", "detect", "rotation")
 SPOTTING = ("spot", "detect")  # stages that make real/repaired pairs
 CHECKPOINT = "checkpoint.pt"
-
-
-# ----------------------------------------------------------------------------------------------
-# One step of each stage. Each returns (losses to back-propagate, scalars to report).
-
-
-def ae_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
-    reconstruction = nets["ae"](images)
-    loss = autoencoder_loss(images, reconstruction, cfg.train.ae_weight)
-    psnr = psnr_db(images, reconstruction)
-    return {"ae": loss}, {"loss/ae": loss.detach(), "psnr": psnr}
-
-
-def make_pair(nets: dict, images: torch.Tensor, cfg: Config, generator=None):
-    """Real = AE reconstruction of clean features; fake = repaired reconstruction of damaged ones."""
-    ae = nets["ae"]
-    with torch.no_grad():
-        z = ae.encode(images)
-        real = ae.decode(z)
-    keep = sample_keep_mask(len(images), z.shape[-2:], cfg.train.drop_rate, images.device, generator)
-    damaged = damage(z, keep)
-    if cfg.model.repair:
-        fake = nets["repair"](ae, damaged, keep)
-    else:
-        with torch.no_grad():
-            fake = ae.decode(damaged)
-    return real, fake, keep
-
-
-def real_half(images: torch.Tensor, reconstructions: torch.Tensor, raw_fraction: float) -> torch.Tensor:
-    """The discriminator's "real" half: reconstructions (the paper), the first `raw_fraction` of them
-    swapped for the raw images, so that unaltered photographs are learnt as real too."""
-    raw = round(raw_fraction * len(images))
-    if raw == 0:
-        return reconstructions
-    return torch.cat([images[:raw].to(reconstructions.dtype), reconstructions[raw:]])
-
-
-def disc_size(images: torch.Tensor, cfg: Config) -> torch.Tensor:
-    """Resize to the discriminator's input when the autoencoder runs at another size (imagenet preset)."""
-    if images.shape[-1] == cfg.model.image_size:
-        return images
-    return F.interpolate(images, size=cfg.model.image_size, mode="bilinear", align_corners=False)
-
-
-def spot_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
-    t = cfg.train
-    real, fake, keep = make_pair(nets, images, cfg)
-    n = len(images)
-    real = real_half(images, real, t.raw_real_fraction)
-    both = disc_size(torch.cat([real, fake]), cfg)
-    logits, mask_logits = nets["disc"](to_disc_input(both))  # one batch: BN statistics mix both halves
-    labels = real_fake_labels(n, n, images.device)
-    keep_targets = torch.cat([torch.ones_like(keep), keep])
-    loss_d, scalars = discriminator_loss(logits, labels, mask_logits, keep_targets, t.mask_weight)
-    losses = {"disc": loss_d}
-    if cfg.model.repair:
-        kept_pixels = F.interpolate(keep, size=images.shape[-2:], mode="nearest")
-        loss_r, rep = repair_loss(logits[n:], images, fake, kept_pixels, t.adv_weight, t.rec_weight)
-        if t.paper_loss_quirk:  # TF code: the repair net's total also held the discriminator's loss
-            loss_r = loss_r + loss_d
-        losses["repair"] = loss_r
-        scalars.update(rep)
-    with torch.no_grad():
-        pred = logits.argmax(1)
-        scalars["acc/real"] = (pred[:n] == 1).float().mean()
-        scalars["acc/fake"] = (pred[n:] == 0).float().mean()
-    return losses, scalars
-
-
-def supervised_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
-    """The comparison row: the same discriminator trunk trained on the labels (CE), no artifacts."""
-    logits = nets["classifier"](nets["disc"].forward_features(to_disc_input(images)))
-    loss = F.cross_entropy(logits.float(), labels)
-    return {"supervised": loss}, {
-        "loss/supervised": loss.detach(),
-        "acc/train": (logits.argmax(1) == labels).float().mean(),
-    }
-
-
-STEPS = {"ae": ae_step, "spot": spot_step, "supervised": supervised_step, "detect": spot_step}
-
-
-def psnr_db(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean PSNR over images in [-1, 1] (peak-to-peak 2)."""
-    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1).clamp(min=1e-10)
-    return (10 * torch.log10(4.0 / mse)).mean().detach()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,10 +66,16 @@ def _evaluate(
 ) -> dict[str, float]:
     gen = torch.Generator(device=batches[0][0].device).manual_seed(1234)  # the same masks every time
     psnrs, real_scores, fake_scores, raw_scores, drop_scores, drop_targets, correct = [], [], [], [], [], [], []
+    turns_correct = []
     for images, labels in batches:
         if stage == "supervised":
             logits = nets["classifier"](nets["disc"].forward_features(to_disc_input(images)))
             correct.append((logits.argmax(1).cpu() == labels.cpu()).float())
+            continue
+        if stage == "rotation" or cfg.train.rotation_weight > 0 and stage in SPOTTING:
+            rot_logits, turns = rotation_logits(nets, images, cfg)
+            turns_correct.append((rot_logits.argmax(1) == turns).float().cpu())
+        if stage == "rotation":
             continue
         psnrs.append(psnr_db(images, nets["ae"](images)))
         if stage not in SPOTTING:
@@ -173,7 +91,10 @@ def _evaluate(
         drop_targets.append((1 - keep).flatten().cpu())
     if stage == "supervised":
         return {"val/top1": float(torch.cat(correct).mean())}
-    out = {"val/psnr": float(torch.stack(psnrs).mean())}
+    rotation = {"val/rotation_acc": float(torch.cat(turns_correct).mean())} if turns_correct else {}
+    if stage == "rotation":
+        return rotation
+    out = {"val/psnr": float(torch.stack(psnrs).mean()), **rotation}
     if stage in SPOTTING:
         real_s, fake_s = torch.cat(real_scores), torch.cat(fake_scores)
         out["val/acc_real"] = float((real_s > 0).float().mean())
@@ -187,11 +108,34 @@ def _evaluate(
     return out
 
 
+def pretext_accuracy(stage: str, metrics: dict, cfg: Config) -> tuple[float, float] | None:
+    """(held-out accuracy at the stage's own task, chance), or None for a stage without one (ae)."""
+    if stage == "rotation":
+        return metrics["val/rotation_acc"], 0.25
+    if stage in SPOTTING:
+        return (metrics["val/acc_real"] + metrics["val/acc_fake"]) / 2, 0.5
+    if stage == "supervised":
+        return metrics["val/top1"], 1 / cfg.model.num_classes
+    return None
+
+
+def at_chance(stage: str, metrics: dict, cfg: Config) -> bool:
+    """Is the pretext still unlearnt (within `chance_margin` of chance)? Decided on the main process."""
+    found = pretext_accuracy(stage, metrics, cfg)
+    return found is not None and found[0] <= found[1] + cfg.train.chance_margin
+
+
 # ----------------------------------------------------------------------------------------------
 # Optimiser and schedule.
 
 
-LOSS_TARGETS = {"ae": ("ae",), "disc": ("disc",), "repair": ("repair",), "supervised": ("disc", "classifier")}
+LOSS_TARGETS = {
+    "ae": ("ae",),
+    "disc": ("disc", "rotation"),  # the rotation head only where the stage trains it (the combined variant)
+    "repair": ("repair",),
+    "supervised": ("disc", "classifier"),
+    "rotation": ("disc", "rotation"),
+}
 
 
 def backward_each(losses: dict[str, torch.Tensor], trained: dict[str, nn.Module]) -> None:
@@ -199,7 +143,7 @@ def backward_each(losses: dict[str, torch.Tensor], trained: dict[str, nn.Module]
     repair net and the repair net's loss never updates the discriminator (one shared forward)."""
     names = list(losses)
     for i, name in enumerate(names):
-        params = [p for t in LOSS_TARGETS[name] for p in trained[t].parameters() if p.requires_grad]
+        params = [p for t in LOSS_TARGETS[name] if t in trained for p in trained[t].parameters() if p.requires_grad]
         losses[name].backward(inputs=params, retain_graph=i < len(names) - 1)
 
 
@@ -254,6 +198,8 @@ def stage_modules(nets: dict, stage: str, cfg: Config) -> dict[str, nn.Module]:
             raise ValueError("the supervised stage needs --model.num_classes > 0")
         return {"disc": nets["disc"], "classifier": nets["classifier"]}
     trained = {"disc": nets["disc"]}
+    if stage == "rotation" or stage == "spot" and cfg.train.rotation_weight > 0:
+        trained["rotation"] = nets["rotation"]
     if cfg.model.repair and stage == "spot":
         trained["repair"] = nets["repair"]
     return trained
@@ -261,7 +207,13 @@ def stage_modules(nets: dict, stage: str, cfg: Config) -> dict[str, nn.Module]:
 
 def stage_steps(stage: str, cfg: Config) -> int:
     t = cfg.train
-    return {"ae": t.ae_steps, "spot": t.spot_steps, "supervised": t.supervised_steps, "detect": t.detect_steps}[stage]
+    return {
+        "ae": t.ae_steps,
+        "spot": t.spot_steps,
+        "supervised": t.supervised_steps,
+        "detect": t.detect_steps,
+        "rotation": t.rotation_steps,
+    }[stage]
 
 
 HEAD_MODULES = ("mask_head", "fc1", "bn_fc1", "dropout", "fc2")  # the discriminator's heads; the rest: the trunk
@@ -273,9 +225,9 @@ def heads_only(stage: str, cfg: Config) -> bool:
 
 
 def trainable(module: nn.Module, stage: str, cfg: Config) -> list[nn.Parameter]:
-    """Parameters a stage updates: the supervised row leaves the discriminator's own heads alone; a
-    heads-only detect stage trains nothing else (conv1..conv5, the features, stay as the game left them)."""
-    if stage == "supervised":
+    """Parameters a stage updates: the supervised and rotation rows leave the discriminator's own heads
+    alone; a heads-only detect stage trains nothing else (conv1..conv5, the features, stay as the game left them)."""
+    if stage in ("supervised", "rotation") and isinstance(module, Discriminator):
         return [p for n, p in module.named_parameters() if not n.startswith(HEADS)]
     if heads_only(stage, cfg):
         return [p for n, p in module.named_parameters() if n.startswith(HEADS)]
@@ -390,6 +342,9 @@ def train(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
             continue
         resume = state if state and state["stage"] == stage else None
         last, wall_time = run_stage(stage, nets, run, resume, completed, wall_time)
+        if last.get("stopped_at_chance"):
+            log.warning("%s: %s stopped at step %d, its held-out pretext accuracy at chance", run_dir, stage, last["step"])
+            break
         completed.append(stage)
         state = None
     if run.metric_log:
@@ -553,7 +508,13 @@ def run_stage(stage: str, nets: dict, run: Run, resume: dict | None, completed: 
                 )
             last = metrics
             window_start, window_images, sums, count = time.time(), 0, {}, 0
-        if info.is_main and stage != "supervised" and (step % t.sample_every == 0 or step == total):
+            if t.stop_at_chance_step and step - t.log_every < t.stop_at_chance_step <= step:
+                stop = torch.tensor(float(info.is_main and at_chance(stage, metrics, cfg)))
+                if float(dist.mean_across(stop)) > 0:  # the main process decides for all
+                    save_checkpoint()
+                    last = {**last, "stopped_at_chance": True, "step": step}
+                    break
+        if info.is_main and stage not in ("supervised", "rotation") and (step % t.sample_every == 0 or step == total):
             grid = save_samples(nets, val_batches[0][0], cfg, stage, run_dir / "samples" / f"{stage}-{step:07d}.png")
             metric_log.image(stage, step, grid)
         if step % t.ckpt_every == 0 or step == total:
@@ -561,7 +522,7 @@ def run_stage(stage: str, nets: dict, run: Run, resume: dict | None, completed: 
     bar.close()
     wall_time += time.time() - started
     if info.is_main:
-        summary = {"stage": stage, "steps": total, "wall_time_s": wall_time, **last}
+        summary = {"stage": stage, "steps": step, "wall_time_s": wall_time, **last}
         with open(run_dir / "summary.jsonl", "a") as f:
             f.write(json.dumps(summary) + "\n")
     return last, wall_time

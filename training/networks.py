@@ -16,6 +16,7 @@ BN_MOMENTUM = 0.025  # TF decay 0.975
 BN_EPS = 1e-3
 LEAK = 0.2
 IMAGENET_MEAN_255 = (123.68, 116.78, 103.94)  # SNet.scale_imgs
+ROTATIONS = 4  # the rotation pretext's classes: 0, 90, 180, 270 degrees
 
 
 def scaled(channels: int, width: float) -> int:
@@ -310,8 +311,10 @@ def build_networks(cfg: ModelConfig) -> dict[str, nn.Module]:
     ae = build_autoencoder(cfg)
     disc = build_discriminator(cfg)
     nets = {"ae": ae, "repair": build_repair(cfg, ae), "disc": disc}
+    head = (disc.conv5.out_channels, disc.grid, disc.fc1.out_channels)
+    nets["rotation"] = Classifier(*head, ROTATIONS)  # the rotation pretext's head (stage "rotation", rotation_weight)
     if cfg.num_classes:
-        nets["classifier"] = Classifier(disc.conv5.out_channels, disc.grid, disc.fc1.out_channels, cfg.num_classes)
+        nets["classifier"] = Classifier(*head, cfg.num_classes)
     grid = encoder_grid(cfg)
     if (cfg.ae_size or cfg.image_size) % 2 ** len(cfg.ae_channels):
         raise ValueError(f"autoencoder size must be divisible by {2 ** len(cfg.ae_channels)}")

@@ -5,6 +5,8 @@ Per layer conv1..conv5: the feature map after ReLU, adaptive-average-pooled to a
 test time), then one linear classifier trained with SGD + Nesterov momentum on a piecewise schedule
 (the authors' follow-up convention: lr x [1, 0.1, 0.02, 0.004, 0.0008] at 0/8/40/70/90% of the steps).
 Features are extracted once from the centre crop; the classifiers train on the cached features.
+Two BatchNorm protocols: the statistics the pretext left (`game`), or statistics re-estimated on the
+probe's own training images (`probe-data`, what the authors' classifier does: PAPER.md section 6).
 """
 
 from __future__ import annotations
@@ -45,9 +47,34 @@ class ProbeSchedule:
 FeatureFn = Callable[[torch.Tensor], list[torch.Tensor]]  # images in [-1, 1] -> [conv1..conv5 maps]
 
 
+BN_PROTOCOLS = ("game", "probe-data")
+BN_IMAGES = 10_240  # probe training images the re-estimated statistics average over
+
+
 def torch_features(disc: Discriminator) -> FeatureFn:
     disc.eval()
     return lambda images: disc.forward_intermediates(to_disc_input(images))
+
+
+@torch.no_grad()
+def reestimate_batchnorm(disc: Discriminator, dataset, images: int = BN_IMAGES, batch_size: int = 256) -> int:
+    """Replace every BatchNorm's running statistics by their average over `images` seeded random images
+    of `dataset` (a cumulative average: batch k gets momentum 1/k). Returns how many BatchNorms changed."""
+    norms = [m for m in disc.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:images].tolist()
+    momenta = [m.momentum for m in norms]
+    disc.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.train()
+    for k, (batch, _) in enumerate(DataLoader(torch.utils.data.Subset(dataset, pick), batch_size=batch_size), 1):
+        for m in norms:
+            m.momentum = 1.0 / k
+        disc(to_disc_input(batch))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    disc.eval()
+    return len(norms)
 
 
 def onnx_features(model_dir: Path) -> FeatureFn:

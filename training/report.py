@@ -88,6 +88,69 @@ TABLES = [
 ]
 
 
+# Equal compute (issue 20): every row trained by the same loop for the same steps of 64 images, probed by
+# the same code under both BatchNorm protocols. The rows' files are named eq15k-<row>-<protocol>-<data>.
+EQUAL_ROWS = [("rotation only (RotNet's pretext)", "rotation")]
+EQUAL_DATA = [
+    ("Tiny-ImageNet-200 val", "tin"),
+    ("CIFAR-10 test (transfer)", "c10"),
+]
+EQUAL_PROTOCOLS = [
+    ("BatchNorm as the pretext left it", "game"),
+    ("BatchNorm re-estimated on the probe's training images", "bnprobe"),
+]
+for _data, _d in EQUAL_DATA:
+    for _protocol, _p in EQUAL_PROTOCOLS:
+        TABLES.append(
+            (
+                f"Equal compute, 15,000 steps of 64 images: {_data}, {_protocol}",
+                f"probe-eq15k-{_p}-{_d}.png",
+                f"eq15k-random-{_p}-{_d}",
+                f"eq15k-supervised-{_p}-{_d}",
+                [(label, f"eq15k-{row}-{_p}-{_d}") for label, row in EQUAL_ROWS],
+            )
+        )
+
+
+def pretext_curve(run_dir: Path) -> dict:
+    """A run's held-out pretext accuracy at every logged step: {stage: {"chance", "points": [[step, acc]]}}."""
+    from .config import Config
+    from .log import read_metrics
+    from .loop import pretext_accuracy
+
+    cfg = Config.from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
+    curves: dict[str, dict] = {}
+    for record in read_metrics(run_dir):
+        found = pretext_accuracy(record["stage"], record, cfg)
+        if found is not None:
+            curve = curves.setdefault(record["stage"], {"chance": found[1], "points": []})
+            curve["points"].append([record["step"], round(found[0], 4)])
+    return curves
+
+
+def pretext_plot(curves: dict[str, dict], path: Path) -> list[str]:
+    """One line per run and stage: held-out pretext accuracy against steps, chance dotted."""
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    lines = ["| run | stage | chance | steps logged | first | last | best |", "|---|---|---|---|---|---|---|"]
+    for name, report in curves.items():
+        for stage, curve in report["curves"].items():
+            steps, accs = zip(*curve["points"])
+            (line,) = ax.plot(steps, accs, label=f"{name} ({stage})")
+            ax.axhline(curve["chance"], color=line.get_color(), linestyle=":", linewidth=1)
+            lines.append(
+                f"| `{name}` | {stage} | {curve['chance']:.3f} | {len(steps)} | {accs[0]:.3f} | {accs[-1]:.3f} "
+                f"| {max(accs):.3f} |"
+            )
+    ax.set_xlabel("step (64 images)")
+    ax.set_ylabel("held-out pretext accuracy")
+    ax.set_title("Pretext accuracy on held-out images (dotted: chance)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return lines
+
+
 # (file, title, what the numbers are) for the runs compared by the loop's own held-out evaluation
 LAST_STEP_SPOTTING = [
     (
@@ -231,6 +294,20 @@ def write_report(results: Path, out: Path) -> str:
         if top1:
             bar_plot(top1, title, results / plot)
             md += [f"![{title}]({os.path.relpath(results / plot, out.parent)})", ""]
+    curves = {p.stem.removeprefix("pretext-"): json.loads(p.read_text()) for p in sorted(results.glob("pretext-*.json"))}
+    if curves:
+        plot = results / "pretext-accuracy.png"
+        md += [
+            "## Held-out pretext accuracy against steps (`python -m training curve`)",
+            "",
+            "Rotation: the share of held-out images (8 batches of 64, image i turned by i mod 4 quarter-turns)"
+            " whose rotation is named; spotting: the mean of real and fake accuracy; supervised: top-1.",
+            "",
+            *pretext_plot(curves, plot),
+            "",
+            f"![pretext accuracy]({os.path.relpath(plot, out.parent)})",
+            "",
+        ]
     for name, title, note in LAST_STEP_SPOTTING:
         path = results / name
         if path.exists():

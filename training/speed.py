@@ -12,7 +12,8 @@ import torch
 
 from . import dist
 from .config import Config
-from .loop import STEPS, backward_each, make_optimizer, set_phase
+from .loop import backward_each, make_optimizer, set_phase
+from .steps import STEPS
 from .networks import build_networks
 
 VARIANTS = {

@@ -24,7 +24,7 @@ from service.preprocess import tiles
 
 from . import checkpoint
 from .data import IMAGE_SUFFIXES, ImageArrayDataset, eval_transform, load_images
-from .loop import disc_size, make_pair
+from .steps import disc_size, make_pair
 from .networks import to_disc_input
 
 THRESHOLD = 0.5

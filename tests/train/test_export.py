@@ -230,3 +230,36 @@ def test_features_from_another_checkpoint_beside_the_heads(exported, tmp_path):
     assert meta["features_from"]["initialised_from"] == meta["training"]["initialised_from"]
     card = (out / "MODEL_CARD.md").read_text()
     assert "Features from: `" in card and "`the features' command`" in card
+
+
+def test_recover_rebuilds_the_exported_discriminator(exported, tmp_path):
+    """A model whose run folder is gone: `recover` gives back a checkpoint whose own export answers as the
+    original does, and whose model.json still says where the weights came from."""
+    original = exported / "spot-tiny"
+    result = run_cli("recover", "--model", str(original), "--out", str(tmp_path / "recovered.pt"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert max(json.loads(result.stdout)["max_scaled_diff"].values()) <= 1e-4
+    result = run_cli("export", "--checkpoint", str(tmp_path / "recovered.pt"), "--out", str(tmp_path / "again"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    images = np.random.default_rng(0).normal(0, 60, (5, 3, 32, 32)).astype(np.float32)
+    before, after = (ort.InferenceSession(str(f / "model.onnx")).run(None, {"images": images}) for f in (original, tmp_path / "again"))
+    for a, b in zip(before, after):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(a).max())))
+    meta = json.loads((tmp_path / "again" / "model.json").read_text())
+    old = json.loads((original / "model.json").read_text())
+    assert meta["training"]["recovered_from"]["sha256"] == old["sha256"]
+    assert meta["training"]["steps"] == old["training"]["steps"]
+
+
+def test_recover_refuses_a_graph_of_another_architecture(exported, tmp_path):
+    model = onnx.load(str(exported / "spot-tiny" / "model.onnx"))
+    kept = [i for i in model.graph.initializer if not i.name.startswith("disc.conv3")]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    onnx.save(model, str(folder / "model.onnx"))
+    (folder / "model.json").write_text((exported / "spot-tiny" / "model.json").read_text())
+    result = run_cli("recover", "--model", str(folder), "--out", str(tmp_path / "x.pt"))
+    assert result.returncode != 0 and "conv3" in result.stderr
+    assert not (tmp_path / "x.pt").exists()

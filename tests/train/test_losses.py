@@ -5,7 +5,8 @@ import torch
 
 from training.config import load_config
 from training.data import ImageArrayDataset, load_images, train_transform
-from training.loop import STEPS, backward_each, make_optimizer, set_phase, spot_step, trainable
+from training.loop import backward_each, make_optimizer, set_phase, trainable
+from training.steps import STEPS, spot_step
 from training.losses import autoencoder_loss, discriminator_loss, masked_mse, repair_loss
 from training.networks import build_networks
 
@@ -42,9 +43,11 @@ def real_batch(data_root, cache_dir):
     return images, torch.from_numpy(data.labels[:32])
 
 
-@pytest.mark.parametrize("stage", ["ae", "spot", "supervised"])
-def test_each_phase_updates_only_its_own_networks(stage, real_batch):
-    cfg = load_config("tiny", ["--num_classes=10"])
+@pytest.mark.parametrize(
+    "stage, extra", [("ae", []), ("spot", []), ("supervised", []), ("rotation", []), ("spot", ["--rotation_weight=0.5"])]
+)
+def test_each_phase_updates_only_its_own_networks(stage, extra, real_batch):
+    cfg = load_config("tiny", ["--num_classes=10", *extra])
     nets = build_networks(cfg.model)
     trained = set_phase(nets, stage, cfg)
     losses, _ = STEPS[stage](nets, *real_batch, cfg)
@@ -130,7 +133,7 @@ def test_the_repair_net_lowers_its_loss_against_a_fixed_discriminator(real_batch
 
 
 def test_raw_real_fraction_swaps_reconstructions_for_raw_images():
-    from training.loop import real_half
+    from training.steps import real_half
 
     images, recs = torch.zeros(8, 3, 4, 4), torch.ones(8, 3, 4, 4)
     assert torch.equal(real_half(images, recs, 0.0), recs)  # the paper: reconstructions only

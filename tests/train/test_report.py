@@ -63,3 +63,22 @@ def test_report_spotting_tables_name_another_generator_and_the_loops_last_step(t
     assert "| 0.7 | 0.550 | 0.800 |" in text
     assert "| `spot-eval-a.json` | 0.010 | 0.000 (3 photos) |" in text and "| `spot-eval-a-vs-b.json` |" not in text
     assert "## Rebalancing the game" in text and "| `frozen-repair` | 0.7 | 0.891 | 0.757 | 0.994 |" in text
+
+
+def test_pretext_curves_of_real_runs_become_a_table_and_a_plot(tmp_path, cache_dir):
+    """`python -m training curve` on a real (tiny) run, then the report's section built from its file."""
+    from ..conftest import run_cli
+
+    run = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--run-dir", str(run), "--no-progress", "--log_every=5"]
+    assert run_cli(*args, "--stages=rotation", "--rotation_steps=10").returncode == 0
+    results = tmp_path / "results"
+    curve = run_cli("curve", "--run-dir", str(run), "--out", str(results / "pretext-rot.json"))
+    assert curve.returncode == 0, curve.stderr[-2000:]
+    report = json.loads((results / "pretext-rot.json").read_text())
+    points = report["curves"]["rotation"]["points"]
+    assert [p[0] for p in points] == [5, 10] and report["curves"]["rotation"]["chance"] == 0.25
+    assert report["stages"][-1]["steps"] == 10
+    text = write_report(results, tmp_path / "results.md")
+    assert f"| `rot` | rotation | 0.250 | 2 | {points[0][1]:.3f} | {points[1][1]:.3f} |" in text
+    assert (results / "pretext-accuracy.png").stat().st_size > 1000

@@ -1,0 +1,121 @@
+"""The rotation pretext (its own row, and beside the game), stopping a run whose pretext stays at chance,
+and BatchNorm statistics re-estimated on a probe's training images."""
+
+import json
+
+import pytest
+import torch
+
+from training.config import load_config
+from training.data import ImageArrayDataset, eval_transform, load_images, train_transform
+from training.loop import backward_each, make_optimizer, set_phase, trainable
+from training.networks import build_networks, to_disc_input
+from training.probe import reestimate_batchnorm
+from training.steps import STEPS, rotated
+
+from ..conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def real_batch(data_root, cache_dir):
+    cfg = load_config("tiny")
+    data = load_images("cifar10-sample", data_root, cache_dir)
+    ds = ImageArrayDataset(data, train_transform(cfg.data, 32))
+    torch.manual_seed(0)
+    return torch.stack([ds[i][0] for i in range(32)]), torch.from_numpy(data.labels[:32])
+
+
+def test_image_i_is_turned_by_i_mod_4_quarter_turns(real_batch):
+    images = real_batch[0][:8]
+    turned, labels = rotated(images)
+    assert labels.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    for i in range(8):
+        assert torch.equal(torch.rot90(turned[i], -int(labels[i]), dims=(-2, -1)), images[i])
+    assert not torch.equal(turned[1], images[1])  # a real photo is not rotation-symmetric
+
+
+@pytest.mark.parametrize("stage, head", [("supervised", "classifier"), ("rotation", "rotation")])
+def test_a_comparison_row_trains_its_whole_head_and_not_the_discriminators(stage, head):
+    """Its classifier learns in full (fc1 and fc2 were frozen at their random start before 2026-12-05,
+    as if they were the discriminator's heads); the real/fake and mask heads stay untouched."""
+    cfg = load_config("tiny", ["--num_classes=10"])
+    nets = build_networks(cfg.model)
+    set_phase(nets, stage, cfg)
+    assert all(p.requires_grad for p in trainable(nets[head], stage, cfg))
+    assert {n for n, p in nets[head].named_parameters() if p.requires_grad} >= {"fc1.weight", "fc2.weight"}
+    frozen = {n.split(".")[0] for n, p in nets["disc"].named_parameters() if not p.requires_grad}
+    assert frozen == {"mask_head", "fc1", "bn_fc1", "fc2"}
+
+
+def test_rotation_training_lowers_its_loss(real_batch):
+    torch.manual_seed(0)
+    cfg = load_config("tiny", ["--lr=1e-3"])
+    nets = build_networks(cfg.model)
+    trained = set_phase(nets, "rotation", cfg)
+    opt = make_optimizer(trained, cfg)
+    history = []
+    for _ in range(40):
+        losses, _ = STEPS["rotation"](nets, *real_batch, cfg)
+        opt.zero_grad()
+        backward_each(losses, trained)
+        opt.step()
+        history.append(losses["rotation"].item())
+    assert sum(history[-5:]) < 0.7 * sum(history[:5])
+
+
+def _train(run_dir, *extra):
+    args = ["train", "--preset", "tiny", "--run-dir", str(run_dir), "--no-progress", "--log_every=5", *extra]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = [json.loads(line) for line in (run_dir / "summary.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return summary, metrics, result.stderr
+
+
+def test_a_rotation_run_logs_its_held_out_pretext_accuracy(tmp_path, cache_dir):
+    summary, metrics, _ = _train(tmp_path, "--stages=rotation", "--rotation_steps=20")
+    assert [m["step"] for m in metrics] == [5, 10, 15, 20]
+    assert all(0 <= m["val/rotation_acc"] <= 1 for m in metrics)
+    assert summary[-1]["stage"] == "rotation" and summary[-1]["steps"] == 20
+
+
+def test_a_combined_run_logs_rotation_beside_spotting(tmp_path, cache_dir):
+    _, metrics, _ = _train(tmp_path, "--stages=ae,spot", "--ae_steps=5", "--spot_steps=10", "--rotation_weight=0.5")
+    spot = [m for m in metrics if m["stage"] == "spot"]
+    assert spot and all({"val/rotation_acc", "val/auc", "acc/rotation"} <= set(m) for m in spot)
+
+
+def test_a_run_at_chance_stops_at_the_check_and_says_so(tmp_path, cache_dir):
+    # A margin of 1 counts any accuracy as chance: the run must stop at the first log past step 7.
+    summary, metrics, stderr = _train(
+        tmp_path, "--stages=rotation", "--rotation_steps=40", "--stop_at_chance_step=7", "--chance_margin=1"
+    )
+    assert summary[-1]["stopped_at_chance"] is True and summary[-1]["steps"] == 10
+    assert metrics[-1]["step"] == 10 and "held-out pretext accuracy at chance" in stderr
+    # The same run above chance (any accuracy beats a margin of -1) goes to the end.
+    summary, _, _ = _train(
+        tmp_path / "b", "--stages=rotation", "--rotation_steps=15", "--stop_at_chance_step=7", "--chance_margin=-1"
+    )
+    assert summary[-1]["steps"] == 15 and "stopped_at_chance" not in summary[-1]
+
+
+def test_reestimated_batchnorm_holds_the_probe_images_statistics(data_root, cache_dir):
+    cfg = load_config("tiny")
+    disc = build_networks(cfg.model)["disc"]
+    data = ImageArrayDataset(load_images("cifar10-sample", data_root, cache_dir), eval_transform(cfg.data, 32))
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    with torch.no_grad():
+        pre_bn = disc.conv5(disc.forward_intermediates(to_disc_input(images), [3])[0])
+    assert reestimate_batchnorm(disc, data, images=len(data), batch_size=7) == 2  # bn5 and the head's bn_fc1
+    assert not disc.training and disc.bn5.momentum == pytest.approx(0.025)  # left as it was found
+    # batches weigh equally (the last one is smaller), so the mean of the means is close, not exact
+    assert torch.allclose(disc.bn5.running_mean, pre_bn.mean((0, 2, 3)), rtol=1e-3, atol=1e-3)
+    assert torch.allclose(disc.bn5.running_var, pre_bn.var((0, 2, 3)), rtol=0.05)
+
+
+def test_an_exported_model_cannot_have_its_batchnorm_reestimated(cache_dir):
+    result = run_cli(
+        "probe", "--model", "models/spot-tiny64", "--batchnorm", "probe-data",
+        "--train-data", "cifar10-sample", "--test-data", "cifar10-sample",
+    )
+    assert result.returncode == 2 and "folded" in result.stderr

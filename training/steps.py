@@ -1,0 +1,135 @@
+"""One training step of each stage, as functions of (networks, batch, config): the method itself.
+
+Each returns (losses to back-propagate, each into its own networks; scalars to report). The loop in
+`loop.py` only schedules them. Stages:
+- `ae`: the autoencoder (stage 1 of the paper);
+- `spot`: the repair net against the discriminator (stage 2); `detect`: the discriminator alone;
+- `supervised`: the comparison row, the discriminator trunk trained on the labels;
+- `rotation`: the trunk classifies which quarter-turn an image was given (Gidaris et al., ICLR 2018),
+  the pretext the authors' follow-up adds to spotting (Jenni, Jin & Favaro, CVPR 2020).
+`spot` with `train.rotation_weight > 0` is the combined variant: the game plus rotations of the real images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .artifacts import damage, sample_keep_mask
+from .config import Config
+from .losses import autoencoder_loss, discriminator_loss, real_fake_labels, repair_loss
+from .networks import ROTATIONS, to_disc_input
+
+
+def ae_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
+    reconstruction = nets["ae"](images)
+    loss = autoencoder_loss(images, reconstruction, cfg.train.ae_weight)
+    psnr = psnr_db(images, reconstruction)
+    return {"ae": loss}, {"loss/ae": loss.detach(), "psnr": psnr}
+
+
+def make_pair(nets: dict, images: torch.Tensor, cfg: Config, generator=None):
+    """Real = AE reconstruction of clean features; fake = repaired reconstruction of damaged ones."""
+    ae = nets["ae"]
+    with torch.no_grad():
+        z = ae.encode(images)
+        real = ae.decode(z)
+    keep = sample_keep_mask(len(images), z.shape[-2:], cfg.train.drop_rate, images.device, generator)
+    damaged = damage(z, keep)
+    if cfg.model.repair:
+        fake = nets["repair"](ae, damaged, keep)
+    else:
+        with torch.no_grad():
+            fake = ae.decode(damaged)
+    return real, fake, keep
+
+
+def real_half(images: torch.Tensor, reconstructions: torch.Tensor, raw_fraction: float) -> torch.Tensor:
+    """The discriminator's "real" half: reconstructions (the paper), the first `raw_fraction` of them
+    swapped for the raw images, so that unaltered photographs are learnt as real too."""
+    raw = round(raw_fraction * len(images))
+    if raw == 0:
+        return reconstructions
+    return torch.cat([images[:raw].to(reconstructions.dtype), reconstructions[raw:]])
+
+
+def disc_size(images: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """Resize to the discriminator's input when the autoencoder runs at another size (imagenet preset)."""
+    if images.shape[-1] == cfg.model.image_size:
+        return images
+    return F.interpolate(images, size=cfg.model.image_size, mode="bilinear", align_corners=False)
+
+
+def rotated(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image i turned by (i mod 4) quarter-turns counter-clockwise, and that number as its label: every
+    batch holds each rotation equally often (the loader has already shuffled the images)."""
+    labels = torch.arange(len(images), device=images.device) % ROTATIONS
+    turned = images.clone()
+    for k in range(1, ROTATIONS):
+        turned[k::ROTATIONS] = torch.rot90(images[k::ROTATIONS], k, dims=(-2, -1))
+    return turned, labels
+
+
+def rotation_logits(nets: dict, images: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits over the four rotations, true rotations) for images in [-1, 1]."""
+    turned, labels = rotated(disc_size(images, cfg))
+    return nets["rotation"](nets["disc"].forward_features(to_disc_input(turned))), labels
+
+
+def rotation_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
+    logits, turns = rotation_logits(nets, images, cfg)
+    loss = F.cross_entropy(logits.float(), turns)
+    return {"rotation": loss}, {
+        "loss/rotation": loss.detach(),
+        "acc/rotation": (logits.argmax(1) == turns).float().mean(),
+    }
+
+
+def spot_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
+    t = cfg.train
+    real, fake, keep = make_pair(nets, images, cfg)
+    n = len(images)
+    real = real_half(images, real, t.raw_real_fraction)
+    both = disc_size(torch.cat([real, fake]), cfg)
+    logits, mask_logits = nets["disc"](to_disc_input(both))  # one batch: BN statistics mix both halves
+    labels = real_fake_labels(n, n, images.device)
+    keep_targets = torch.cat([torch.ones_like(keep), keep])
+    loss_d, scalars = discriminator_loss(logits, labels, mask_logits, keep_targets, t.mask_weight)
+    if t.rotation_weight > 0:  # the combined variant: the same discriminator also tells rotations of real images
+        rot_logits, turns = rotation_logits(nets, images, cfg)
+        rot_loss = F.cross_entropy(rot_logits.float(), turns)
+        loss_d = loss_d + t.rotation_weight * rot_loss
+        scalars["loss/rotation"] = rot_loss.detach()
+        scalars["acc/rotation"] = (rot_logits.argmax(1) == turns).float().mean()
+    losses = {"disc": loss_d}
+    if cfg.model.repair:
+        kept_pixels = F.interpolate(keep, size=images.shape[-2:], mode="nearest")
+        loss_r, rep = repair_loss(logits[n:], images, fake, kept_pixels, t.adv_weight, t.rec_weight)
+        if t.paper_loss_quirk:  # TF code: the repair net's total also held the discriminator's loss
+            loss_r = loss_r + loss_d
+        losses["repair"] = loss_r
+        scalars.update(rep)
+    with torch.no_grad():
+        pred = logits.argmax(1)
+        scalars["acc/real"] = (pred[:n] == 1).float().mean()
+        scalars["acc/fake"] = (pred[n:] == 0).float().mean()
+    return losses, scalars
+
+
+def supervised_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
+    """The comparison row: the same discriminator trunk trained on the labels (CE), no artifacts."""
+    logits = nets["classifier"](nets["disc"].forward_features(to_disc_input(images)))
+    loss = F.cross_entropy(logits.float(), labels)
+    return {"supervised": loss}, {
+        "loss/supervised": loss.detach(),
+        "acc/train": (logits.argmax(1) == labels).float().mean(),
+    }
+
+
+STEPS = {"ae": ae_step, "spot": spot_step, "supervised": supervised_step, "detect": spot_step, "rotation": rotation_step}
+
+
+def psnr_db(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean PSNR over images in [-1, 1] (peak-to-peak 2)."""
+    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1).clamp(min=1e-10)
+    return (10 * torch.log10(4.0 / mse)).mean().detach()
