@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
-from PIL import Image
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, multiprocess
 from starlette.routing import Match
 
@@ -29,7 +29,6 @@ from .config import Settings, get_settings, usable_cores
 from .features import encode, normalize, pool
 from .images import BadImage, open_image, to_array
 from .metrics import Metrics, forget_dead_workers
-from .statistics import model_statistics
 from .model import HEAD_OUTPUTS, ExportedModel, ModelError
 from .preprocess import analysis_size, centre_view, tile_count, tiles
 from .requests import (
@@ -41,6 +40,7 @@ from .requests import (
     read_images,
     spot_params,
 )
+from .statistics import model_statistics
 
 log = logging.getLogger(__name__)
 INDEX_HTML = (Path(__file__).parent / "static" / "index.html").read_text()
@@ -264,7 +264,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The batcher's answer, or a 504 when it takes too long."""
         try:
             return await asyncio.wait_for(job, settings.request_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise HTTPException(504, f"no result within {settings.request_timeout_s} s") from None
 
     async def opened_images(request: Request) -> tuple[list[tuple[str, Image.Image]], dict]:
@@ -338,7 +338,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request: Request,
         layers: list[str] | None = Query(
             None,
-            description="comma-separated or repeated, e.g. conv3,conv5 (default: model.json's default_layer, GET /models)",
+            description="comma-separated or repeated, e.g. conv3,conv5 "
+            "(default: model.json's default_layer, GET /models)",
         ),
         pool_: str | None = Query(None, alias="pool", description="none | avg | max | probe"),
         normalize_: str | None = Query(None, alias="normalize", description="none | l2"),

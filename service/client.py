@@ -177,10 +177,10 @@ class SpotClient:
                 ahead.append((chunk, pool.submit(ask, chunk)))
                 if len(ahead) >= 2 * self.concurrency:
                     chunk, answers = ahead.popleft()
-                    yield from zip(chunk, answers.result())
+                    yield from zip(chunk, answers.result(), strict=True)
             while ahead:
                 chunk, answers = ahead.popleft()
-                yield from zip(chunk, answers.result())
+                yield from zip(chunk, answers.result(), strict=True)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -306,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         "--heatmap",
         choices=["overlay", "png", "none"],
         default="overlay",
-        help="spot: write <image>.overlay.png (red over the image), <image>.heatmap.png (greyscale), or only the scores",
+        help="spot: write <image>.overlay.png (red over the image), <image>.heatmap.png (greyscale), or only "
+        "the scores",
     )
     parser.add_argument("--stack", type=Path, help="features: one .npz for all images instead of .npy files")
     parser.add_argument("--per-request", type=int, default=16, help="images per request (the server's SPOT_MAX_FILES)")

@@ -117,7 +117,7 @@ def config_tensor(spec: dict) -> dict:
     return tensor if dims else tensor | {"reshape": {"shape": []}}
 
 
-def model_config(model: ExportedModel, hooks: "Hooks") -> dict:
+def model_config(model: ExportedModel, hooks: Hooks) -> dict:
     """The model as Triton's model configuration extension describes one (config.pbtxt as JSON, what
     tritonclient's get_model_config and Triton's tools read). max_batch_size is what one request may carry
     (SPOT_MAX_FILES); the batcher runs up to SPOT_MAX_BATCH_SIZE images together (under parameters), in one

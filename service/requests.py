@@ -56,7 +56,7 @@ async def read_images(request: Request, max_files: int) -> tuple[list[tuple[str,
             raise HTTPException(400, f"malformed multipart body: {exc.detail}") from None
         except Exception as exc:  # noqa: BLE001 - python-multipart reports malformed bodies its own way
             raise HTTPException(400, f"malformed multipart body: {exc}") from None
-        unknown = [k for k in form.keys() if k not in ("files", "file")]
+        unknown = [k for k in form if k not in ("files", "file")]
         if unknown:
             raise HTTPException(
                 422, f"unknown form fields {unknown}; send images as 'files' and options as query parameters"

@@ -15,6 +15,7 @@ from service.config import Settings
 from ..conftest import REPO
 from .conftest import run_tool
 
+RUFF_PATHS = ["service", "tests/serve"]  # training/ is not held to it yet
 DOCKERFILES = sorted(str(p.relative_to(REPO)) for p in (REPO / "docker").glob("Dockerfile*"))
 SCRIPTS = sorted(str(p.relative_to(REPO)) for p in (REPO / "docker").glob("*.sh"))
 MANIFESTS = sorted(str(p.relative_to(REPO)) for p in (REPO / "deploy" / "k8s").glob("*.yaml"))
@@ -144,3 +145,16 @@ def test_compose_build_bases_default_to_the_dockerfiles_pins():
         pinned = re.search(r"^ARG BASE=(\S+)$", (REPO / "docker" / dockerfile).read_text(), re.M).group(1)
         default = re.fullmatch(r"\$\{\w+:-(.+)\}", COMPOSE["services"][service]["build"]["args"]["BASE"]).group(1)
         assert default == pinned, f"{service}: compose builds on {default}, the Dockerfile pins {pinned}"
+
+
+def test_ruff_finds_nothing_in_the_service_and_its_tests():
+    """pyproject's [tool.ruff] rules; `ruff check --fix service tests/serve` mends most findings."""
+    assert_clean(run_tool("ruff", "check", "--no-cache", *RUFF_PATHS))
+
+
+def test_ruff_catches_an_unused_import_and_a_bare_zip(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\n\nprint(list(zip([1], [2])))\n")
+    result = run_tool("ruff", "check", "--no-cache", "--config", str(REPO / "pyproject.toml"), str(bad))
+    assert result.returncode != 0 and "F401" in result.stdout and "B905" in result.stdout
+

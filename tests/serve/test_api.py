@@ -32,7 +32,7 @@ def direct(model_dir, rgbs, layers):
     model = ExportedModel(model_dir, "cpu")
     batch = np.stack([model.normalize(centre_view(rgb, model.size, model.crop_fraction)) for rgb in rgbs])
     session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    return dict(zip(layers, session.run(layers, {"images": batch})))
+    return dict(zip(layers, session.run(layers, {"images": batch}), strict=False))
 
 
 def test_health_ready_and_models(client, model_dir):
@@ -588,9 +588,8 @@ def test_command_line_client_takes_folders_in_chunks_and_a_bad_file_costs_only_i
     stacked = np.load(tmp_path / "f.npz")
     assert list(stacked["names"]) == [x["image"] for x in report if "error" not in x]
     assert stacked["conv5"].shape == (20, 32)
-    one = httpx.post(
-        f"{server.url}/features", params={"layers": "conv5"}, files=[("files", open(stacked["names"][13], "rb"))]
-    )
+    with open(stacked["names"][13], "rb") as f:
+        one = httpx.post(f"{server.url}/features", params={"layers": "conv5"}, files=[("files", f)])
     np.testing.assert_allclose(stacked["conv5"][13], one.json()["results"][0]["features"]["conv5"]["values"], rtol=1e-6)
 
     r = client("spot", "--out", str(tmp_path / "out"))  # 21 images: two requests of at most 16
@@ -881,7 +880,8 @@ def test_two_workers_serve_one_port_and_metrics_add_up(model_dir):
     data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
     try:
         with httpx.Client(base_url=s.url, timeout=30) as c:
-            children = [int(p) for p in open(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children").read().split()]
+            with open(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children") as f:
+                children = [int(p) for p in f.read().split()]
             assert len(children) >= 2  # the supervisor and its workers (and multiprocessing's tracker)
             started = time.time()
             with ThreadPoolExecutor(8) as pool:
