@@ -367,6 +367,23 @@ def test_openapi_documents_the_multipart_and_json_forms(client):
     assert len(operations) == len(set(operations))  # unique, or code generators refuse the schema
 
 
+def test_openapi_puts_the_inference_routes_first_with_their_options_and_answers(client):
+    """/docs lists paths in the schema's order; each route documents its own options and its answer."""
+    spec = client.get("/openapi.json").json()
+    assert list(spec["paths"])[:2] == ["/features", "/spot"]
+    for route, options, answer in (
+        ("/features", ["layers", "pool", "normalize", "encoding", "dtype"], "FeaturesAnswer"),
+        ("/spot", ["heatmap"], "SpotAnswer"),
+    ):
+        operation = spec["paths"][route]["post"]
+        assert [p["name"] for p in operation["parameters"]] == options
+        json_form = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert list(json_form["properties"]) == ["images", *options] and json_form["additionalProperties"] is False
+        schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+        assert schema["$ref"].endswith(f"/{answer}") and "results" in spec["components"]["schemas"][answer]["properties"]
+    assert spec["paths"]["/readyz"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+
+
 def test_a_model_whose_mask_cells_are_not_whole_pixels_is_refused(tmp_path, model_dir):
     from service.model import ModelError
 
@@ -638,7 +655,7 @@ CORPUS = [
     ("base64 of a text", "/spot", {"json": {"images": [base64.b64encode(b"hello").decode()]}}, 400, "not a readable image"),
     ("empty image list", "/features", {"json": {"images": []}}, 422, "images"),
     ("images not a list", "/features", {"json": {"images": "abc"}}, 422, "images"),
-    ("unknown json key", "/spot", {"json": {"images": [base64.b64encode(GOOD).decode()], "colour": "red"}}, 422, "unknown fields ['colour']; valid: images, layers"),
+    ("unknown json key", "/spot", {"json": {"images": [base64.b64encode(GOOD).decode()], "colour": "red"}}, 422, "unknown fields ['colour']; valid: images, heatmap\""),
     ("malformed json", "/features", {"content": b'{"images": [', "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
     ("wrong content type", "/spot", {"content": GOOD, "headers": {"content-type": "image/png"}}, 415, "multipart"),
     ("unknown layer", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": {"layers": "conv9"}}, 422, "conv5"),
@@ -658,7 +675,10 @@ CORPUS = [
     ("path traversal in a file name", "/spot", {"files": [("files", ("../../etc/passwd", b"root:x:0:0", "image/png"))]}, 400, "../../etc/passwd"),
     ("a typo'd query parameter", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": {"layer": "conv5"}}, 422, "unknown query parameters ['layer']; valid: layers, pool"),
     ("an option given twice", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": [("pool", "avg"), ("pool", "max")]}, 422, "pool given twice"),
-    ("the other route's option in json", "/features", {"json": {"images": [base64.b64encode(GOOD).decode()], "heatmap": "png"}}, 422, "heatmap: not an option of this route"),
+    ("the other route's option in json", "/features", {"json": {"images": [base64.b64encode(GOOD).decode()], "heatmap": "png"}}, 422, "unknown fields ['heatmap']; valid: images, layers, pool, normalize, encoding, dtype\""),
+    ("the other route's option in the query", "/spot", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": {"layers": "conv5"}}, 422, "unknown query parameters ['layers']; valid: heatmap\""),
+    ("a field named file, not files", "/spot", {"files": [("file", ("a.png", GOOD, "image/png"))]}, 422, "unknown form fields ['file']; send images as 'files'"),
+    ("an extra file field beside files", "/features", {"files": [("files", ("a.png", GOOD, "image/png")), ("file", ("b.png", GOOD, "image/png"))]}, 422, "unknown form fields ['file']"),
     ("a heatmap of too many values", "/spot", {"files": [("files", ("big.png", _bits(Image.new("1", (5000, 4000)), "PNG"), "image/png"))]}, 413, "heatmap=values for 20000000 pixels exceeds the limit of 16777216"),
     ("a data url that is not base64", "/spot", {"json": {"images": ["data:image/png,abc"]}}, 400, "without ';base64,'"),
     ("one bad image among good ones", "/features", {"files": [("files", ("ok.png", GOOD, "image/png")), ("files", ("bad.png", b"xx", "image/png"))]}, 400, "bad.png"),
