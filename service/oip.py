@@ -274,4 +274,3 @@ def repository_index(runtime: Runtime, ready_only: bool) -> list[dict]:
     except ServiceError as exc:
         entries = [{"name": runtime.folder_name, "state": "UNAVAILABLE", "reason": str(exc.detail)}]
     return [e for e in entries if e["state"] == "READY" or not ready_only]
-

@@ -29,7 +29,7 @@ async def healthz() -> dict:
     "/readyz",
     tags=["health"],
     response_model=None,
-    responses={200: {"model": Ready}, 503: {"description": "not ready: `{\"ready\": false, \"error\": ...}`"}},
+    responses={200: {"model": Ready}, 503: {"description": 'not ready: `{"ready": false, "error": ...}`'}},
 )
 async def readyz(request: Request):
     runtime = runtime_of(request)

@@ -380,7 +380,9 @@ def test_openapi_puts_the_inference_routes_first_with_their_options_and_answers(
         json_form = operation["requestBody"]["content"]["application/json"]["schema"]
         assert list(json_form["properties"]) == ["images", *options] and json_form["additionalProperties"] is False
         schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
-        assert schema["$ref"].endswith(f"/{answer}") and "results" in spec["components"]["schemas"][answer]["properties"]
+        assert (
+            schema["$ref"].endswith(f"/{answer}") and "results" in spec["components"]["schemas"][answer]["properties"]
+        )
     assert spec["paths"]["/readyz"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
 
 
@@ -1061,3 +1063,27 @@ def test_padding_is_reported_by_readyz_and_keeps_the_answers(model_dir):
         finally:
             s.stop()
     np.testing.assert_allclose(answers["on"], answers["auto"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_busy_port_is_one_line_that_names_the_way_out():
+    """Not uvicorn's bind error and exit: one line naming --port and SPOT_PORT, before anything is loaded."""
+    import socket
+    import subprocess
+    import sys
+
+    from ..conftest import REPO
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        runs = [
+            subprocess.run(
+                [sys.executable, "-m", "service", *args], cwd=REPO, env={**os.environ, **env},
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            for args, env in ((["--port", str(port)], {}), ([], {"SPOT_PORT": str(port)}))
+        ]
+    for r in runs:
+        assert r.returncode == 2, r.stderr
+        assert r.stderr == f"error: port {port} on 127.0.0.1: Address already in use; choose another with --port or SPOT_PORT\n"
