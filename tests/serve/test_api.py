@@ -616,9 +616,13 @@ def test_command_line_client_takes_folders_in_chunks_and_a_bad_file_costs_only_i
     for folder in ("a", "b"):  # the same name in both folders: two overlays, none overwritten
         assert Image.open(tmp_path / "out" / folder / f"{photos[0].name}.overlay.png").size == (96, 96)
     assert sum(1 for _ in (tmp_path / "out").rglob("*.overlay.png")) == 20
+    r = client("spot")  # neither --out nor --beside: the scores, and no file written anywhere
+    assert r.returncode == 1 and len(json.loads(r.stdout)) == 21
+    assert not [x for x in json.loads(r.stdout) if "overlay" in x] and not list(tmp_path.glob("[ab]/*.overlay.png"))
     for _ in range(2):  # beside the images, twice: the overlays written the first time are not inputs
-        r = client("spot")
+        r = client("spot", "--beside")
         assert r.returncode == 1 and len(json.loads(r.stdout)) == 21
+    assert len(list(tmp_path.glob("[ab]/*.overlay.png"))) == 20
     assert not list(tmp_path.rglob("*.overlay.overlay.png"))
     same_name = [str(tmp_path / "a" / photos[0].name), str(tmp_path / "b" / photos[0].name)]
     r = subprocess.run([*base, "spot", *same_name, "--out", str(tmp_path / "o2"), "--url", server.url],
@@ -1079,11 +1083,18 @@ def test_a_busy_port_is_one_line_that_names_the_way_out():
         port = holder.getsockname()[1]
         runs = [
             subprocess.run(
-                [sys.executable, "-m", "service", *args], cwd=REPO, env={**os.environ, **env},
-                capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
+                [sys.executable, "-m", "service", *args],
+                cwd=REPO,
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             for args, env in ((["--port", str(port)], {}), ([], {"SPOT_PORT": str(port)}))
         ]
     for r in runs:
         assert r.returncode == 2, r.stderr
-        assert r.stderr == f"error: port {port} on 127.0.0.1: Address already in use; choose another with --port or SPOT_PORT\n"
+        assert (
+            r.stderr
+            == f"error: port {port} on 127.0.0.1: Address already in use; choose another with --port or SPOT_PORT\n"
+        )
