@@ -1,5 +1,5 @@
 """`python -m service [--host H] [--port P] [--model-dir D] [--workers N] [--grpc-port G]`: uvicorn on the
-shipped model by default."""
+shipped model by default; the port may also come from SPOT_PORT (as docker-compose.yml publishes it)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ class Server(uvicorn.Server):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--port", type=int, default=os.environ.get("SPOT_PORT", "8000"), help="default: SPOT_PORT, else 8000"
+    )
     parser.add_argument(
         "--model-dir", type=Path, help="an export folder (default: SPOT_MODEL_DIR or models/spot-tiny64)"
     )
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         "--grpc-port", type=int, help="also the Open Inference Protocol over gRPC on this port (SPOT_GRPC_PORT; off)"
     )
     args = parser.parse_args(argv)
+    if why := in_use(args.host, args.port):  # one line that says what to do, not uvicorn's error and exit
+        parser.exit(2, f"error: port {args.port} on {args.host}: {why}; choose another with --port or SPOT_PORT\n")
     if args.model_dir:  # through the environment, so that worker processes read the same settings
         os.environ["SPOT_MODEL_DIR"] = str(args.model_dir)
     if args.workers:

@@ -4,8 +4,8 @@ Knobs as in Triton/TorchServe: `max_batch_size` images per run and `max_batch_de
 more once a first request is queued (0 = take only what is already waiting). With `adaptive_delay`
 the wait applies only while other requests are being read and decoded (they are about to join), so a
 lone client, or clients that are all in the batch already, never wait for company that is not coming;
-without it every first request waits, as in Triton and TorchServe. Runs happen on one worker thread, so the event loop never blocks and the
-session is never entered twice at once.
+without it every first request waits, as in Triton and TorchServe. Runs happen on one worker thread, so the
+event loop never blocks and the session is never entered twice at once.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class Batcher:
                     job = await asyncio.wait_for(self.queue.get(), remaining)
                 else:
                     break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             if size + len(job.inputs) > self.max_batch_size:
                 self.pending = job  # first in line for the next run

@@ -11,11 +11,11 @@ back, as tritonclient or timm would:
 From the command line: `python -m service.client spot|features|evaluate PATH... [--url ...]`.
 PATHs are image files or folders (searched recursively for image files). Images go to the server in
 requests of at most `--per-request` (the server's SPOT_MAX_FILES, 16 by default), several requests at a
-time so that the server batches them. `spot` prints each image's artifact score and writes
-`<image file name>.overlay.png` (red = likely altered; `--heatmap png` a greyscale `.heatmap.png`, `none`
-nothing); `features` prints each layer's shape and writes
-`<image file name>.<layer>.npy`, or with `--stack FILE.npz` one array per layer for all images plus their
-`names`. Outputs go beside each image, or under --out (a folder's images under the folder's name). An image
+time so that the server batches them. `spot` prints each image's artifact score and `features` each layer's
+shape. Files are written only when asked: under `--out FOLDER` (a folder's images under the folder's name)
+or, with `--beside`, next to each image: `spot` writes `<image file name>.overlay.png` (red = likely
+altered; `--heatmap png` a greyscale `.heatmap.png`, `none` nothing), `features` `<image file name>.<layer>.npy`;
+`features --stack FILE.npz` writes one array per layer for all images plus their `names`. An image
 the server cannot take is reported with its error and the others go on (exit status 1). `evaluate` takes
 dataset folders in CNNDetection's layout (0_real/, 1_fake/) and prints AP, ROC-AUC and the accuracies
 (service/evaluate.py).
@@ -177,10 +177,10 @@ class SpotClient:
                 ahead.append((chunk, pool.submit(ask, chunk)))
                 if len(ahead) >= 2 * self.concurrency:
                     chunk, answers = ahead.popleft()
-                    yield from zip(chunk, answers.result())
+                    yield from zip(chunk, answers.result(), strict=True)
             while ahead:
                 chunk, answers = ahead.popleft()
-                yield from zip(chunk, answers.result())
+                yield from zip(chunk, answers.result(), strict=True)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -297,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--url", default=os.environ.get("SPOT_URL", DEFAULT_URL))
     parser.add_argument("--api-key", default=os.environ.get("SPOT_API_KEY", ""))
-    parser.add_argument("--out", type=Path, help="folder for the outputs (default: beside each image)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, help="write the outputs under this folder (default: none written)")
+    where.add_argument("--beside", action="store_true", help="write the outputs beside each image")
     parser.add_argument(
         "--layers", help="features: comma-separated layers (default: the model's default_layer, see GET /models)"
     )
@@ -306,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         "--heatmap",
         choices=["overlay", "png", "none"],
         default="overlay",
-        help="spot: write <image>.overlay.png (red over the image), <image>.heatmap.png (greyscale), or only the scores",
+        help="spot: write <image>.overlay.png (red over the image), <image>.heatmap.png (greyscale), or only "
+        "the scores",
     )
     parser.add_argument("--stack", type=Path, help="features: one .npz for all images instead of .npy files")
     parser.add_argument("--per-request", type=int, default=16, help="images per request (the server's SPOT_MAX_FILES)")
@@ -326,13 +329,14 @@ def main(argv: list[str] | None = None) -> int:
     if not images:
         print("error: no image files found", file=sys.stderr)
         return 2
-    targets = [(args.out / relative) if args.out else path for path, relative in images]
-    if len(set(targets)) < len(targets):
-        twice = sorted({str(t) for t in targets if targets.count(t) > 1})
+    targets = output_targets(args, images)
+    written = [t for t in targets if t]
+    if len(set(written)) < len(written):
+        twice = sorted({str(t) for t in written if written.count(t) > 1})
         print(f"error: several inputs would write the same outputs ({', '.join(twice)}); pass folders", file=sys.stderr)
         return 2
-    if args.command == "spot":
-        params = {"heatmap": args.heatmap}
+    if args.command == "spot":  # a heatmap only to write it
+        params = {"heatmap": args.heatmap if args.out or args.beside else "none"}
     else:
         params = {"pool": args.pool, "encoding": "base64", "dtype": "float32"}
         if args.layers:
@@ -359,14 +363,21 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def write(args, path: Path, target: Path, item: dict, stacked: dict, names: list) -> dict:
-    """One image's outputs to disk (or to the stack), and its line of the summary."""
+def output_targets(args, images: list[tuple[Path, Path]]) -> list[Path | None]:
+    """Where each image's outputs go: under --out, beside the image with --beside, else nowhere (None)."""
+    if args.out:
+        return [args.out / relative for _, relative in images]
+    return [path if args.beside else None for path, _ in images]
+
+
+def write(args, path: Path, target: Path | None, item: dict, stacked: dict, names: list) -> dict:
+    """One image's line of the summary, and its outputs to `target` (None: not written) or to the stack."""
     if "error" in item:
         return {"image": str(path), "error": item["error"]}
     if args.command == "spot":
         entry = {"image": str(path), "artifact_score": round(item["artifact_score"], 4), "altered": item["altered"],
                  "tiles": item["tiling"]["tiles"], "scale": item["tiling"].get("scale", 1.0)}  # fmt: skip
-        if args.heatmap != "none":
+        if target and args.heatmap != "none":
             out = target.with_name(f"{target.name}{OWN_OUTPUTS[args.heatmap]}")
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(base64.b64decode(item["heatmap"]["png_base64"]))
@@ -378,7 +389,7 @@ def write(args, path: Path, target: Path, item: dict, stacked: dict, names: list
         entry[layer] = {"shape": f["shape"]}
         if args.stack:
             stacked.setdefault(layer, []).append(values)
-        else:
+        elif target:
             out = target.with_name(f"{target.name}.{layer}.npy")
             out.parent.mkdir(parents=True, exist_ok=True)
             np.save(out, values)

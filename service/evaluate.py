@@ -73,7 +73,7 @@ def run(args) -> int:
         return 2
     datasets: dict[str, list[tuple[Path, bool]]] = {}
     unlabelled = 0
-    for root, resolved in zip(args.paths, roots):
+    for root, resolved in zip(args.paths, roots, strict=True):
         if not root.is_dir():
             print(
                 f"error: evaluate takes dataset folders (with 0_real/ and 1_fake/ below), not {root}", file=sys.stderr

@@ -50,7 +50,8 @@ FORMATTERS = {  # per SPOT_LOG_FORMAT; the names "default" and "access" are the 
         },
         "access": {
             "()": "uvicorn.logging.AccessFormatter",
-            "fmt": '%(asctime)s %(levelname)s %(client_addr)s - "%(request_line)s" %(status_code)s [%(correlation_id)s]',
+            "fmt": '%(asctime)s %(levelname)s %(client_addr)s - "%(request_line)s" %(status_code)s '
+            "[%(correlation_id)s]",
         },
     },
     "json": {"default": {"()": LineJson, **JSON_FIELDS}, "access": {"()": AccessJson, **JSON_FIELDS}},

@@ -152,12 +152,12 @@ class ExportedModel:
         layers = [name for name in names if name in self.layers]
         others = [name for name in names if name not in self.layers]
         if not others:
-            outputs = dict(zip(layers, self.trunk.run(layers, feeds)))
+            outputs = dict(zip(layers, self.trunk.run(layers, feeds), strict=True))
         elif not layers or self.one_network:
-            outputs = dict(zip(names, self.heads.run(names, feeds)))
+            outputs = dict(zip(names, self.heads.run(names, feeds), strict=True))
         else:  # two networks, outputs of both
-            outputs = dict(zip(layers, self.trunk.run(layers, feeds))) | dict(
-                zip(others, self.heads.run(others, feeds))
+            outputs = dict(zip(layers, self.trunk.run(layers, feeds), strict=True)) | dict(
+                zip(others, self.heads.run(others, feeds), strict=True)
             )
         return {name: outputs[name][:n] for name in names}
 

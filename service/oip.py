@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Header, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__
-from .batcher import Batcher
 from .model import ExportedModel
+from .runtime import Runtime, ServiceError
 
 PREFIX = "/v2"  # every route of the protocol
 INFER_ROUTE = f"{PREFIX}/models/{{model_name}}/infer"  # the label its images are counted under
-INLINE_BYTES = 1 << 18  # bodies up to this size are parsed on the event loop; bigger ones on a thread
 # Room per number for a JSON tensor ("-1.2345678806304932e-05, " is 25 characters, brackets come on top): bounds
 # its text before it is parsed, which takes about 40 times the text in memory.
 CHARS_PER_NUMBER = 32
@@ -56,41 +52,8 @@ class InferRequest(BaseModel):
     outputs: list[RequestedOutput] | None = None
 
 
-def inline_refs(schema: dict) -> dict:
-    """A pydantic schema with its $defs written in place: OpenAPI has no home for them in openapi_extra."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node):
-        if isinstance(node, dict) and "$ref" in node:
-            return walk(defs[node["$ref"].rsplit("/", 1)[1]])
-        if isinstance(node, dict):
-            return {k: walk(v) for k, v in node.items()}
-        return [walk(v) for v in node] if isinstance(node, list) else node
-
-    return walk(schema)
-
-
-INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": "JSON; or, with the header Inference-Header-Content-Length: n, n bytes of JSON followed by "
-        "each binary input's binary_data_size bytes (Triton's binary tensor extension)",
-        "content": {"application/json": {"schema": inline_refs(InferRequest.model_json_schema())}},
-    }
-}
-
-
-def header_documented(
-    inference_header_content_length: str | None = Header(
-        None, description="Triton's binary tensor extension: the length of the JSON part; binary tensors follow it"
-    ),
-) -> None:
-    """Puts the binary extension's header into the OpenAPI schema (and so into the fuzzer's requests); the
-    route reads it from the request itself."""
-
-
-def bad(message: str) -> HTTPException:
-    return HTTPException(400, message)
+def bad(message: str) -> ServiceError:
+    return ServiceError(400, message)
 
 
 def dims(shape: list) -> list[int]:
@@ -117,7 +80,7 @@ def config_tensor(spec: dict) -> dict:
     return tensor if dims else tensor | {"reshape": {"shape": []}}
 
 
-def model_config(model: ExportedModel, hooks: "Hooks") -> dict:
+def model_config(model: ExportedModel, runtime: Runtime) -> dict:
     """The model as Triton's model configuration extension describes one (config.pbtxt as JSON, what
     tritonclient's get_model_config and Triton's tools read). max_batch_size is what one request may carry
     (SPOT_MAX_FILES); the batcher runs up to SPOT_MAX_BATCH_SIZE images together (under parameters), in one
@@ -126,23 +89,23 @@ def model_config(model: ExportedModel, hooks: "Hooks") -> dict:
         "name": model.name,
         "platform": "onnxruntime_onnx",
         "backend": "onnxruntime",
-        "max_batch_size": hooks.max_images,
+        "max_batch_size": runtime.settings.max_files,
         "input": [config_tensor(model.meta["input"]) | {"format": "FORMAT_NCHW"}],
         "output": [config_tensor(o) for o in model.meta["outputs"]],
         "instance_group": [
             {
                 "name": model.name,
-                "count": hooks.instances,
+                "count": runtime.instances,
                 "kind": "KIND_CPU" if model.provider == "CPUExecutionProvider" else "KIND_GPU",
             }
         ],
         "parameters": {
-            "max_images_per_run": {"string_value": str(hooks.max_run_images)},
+            "max_images_per_run": {"string_value": str(runtime.settings.max_batch_size)},
             "execution_provider": {"string_value": model.provider},
         },
     }
-    if hooks.max_run_images > 1:  # SPOT_MAX_BATCH_SIZE=1 is batching off
-        config["dynamic_batching"] = {"max_queue_delay_microseconds": round(hooks.max_batch_delay_ms * 1000)}
+    if runtime.settings.max_batch_size > 1:  # SPOT_MAX_BATCH_SIZE=1 is batching off
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": round(runtime.settings.max_batch_delay_ms * 1000)}
     return config
 
 
@@ -195,7 +158,7 @@ def parse_infer(body: bytes, header_length: str | None, model: ExportedModel, ma
     spec = model.meta["input"]
     most = max_images * math.prod(spec["shape"][1:]) * CHARS_PER_NUMBER + (1 << 16)
     if json_end > most:
-        raise HTTPException(413, f"a JSON part of {json_end} bytes is more than {max_images} images need ({most})")
+        raise ServiceError(413, f"a JSON part of {json_end} bytes is more than {max_images} images need ({most})")
     try:
         request = InferRequest.model_validate_json(body[:json_end])
     except ValidationError as exc:
@@ -269,175 +232,45 @@ def decompressed(body: bytes, encoding: str, limit: int) -> bytes:
     if encoding == "identity":
         return body
     if encoding not in ("gzip", "deflate"):
-        raise HTTPException(415, f"Content-Encoding {encoding} is not supported; send gzip, deflate or identity")
+        raise ServiceError(415, f"Content-Encoding {encoding} is not supported; send gzip, deflate or identity")
     inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
     try:
         out = inflater.decompress(body, limit + 1)
     except zlib.error as exc:
         raise bad(f"the body is not valid {encoding}: {exc}") from None
     if len(out) > limit:
-        raise HTTPException(413, f"the body inflates to more than the limit of {limit} bytes")
+        raise ServiceError(413, f"the body inflates to more than the limit of {limit} bytes")
     if not inflater.eof:
         raise bad(f"the {encoding} body is truncated")
     return out
 
 
-@dataclass
-class Hooks:
-    """What the OIP routes borrow from the app: the same model, auth, batcher and limits as /features."""
-
-    model: Callable[[], ExportedModel]  # the loaded model, else HTTPException 503
-    batcher: Callable[[], Batcher]
-    check_auth: Callable[[Request], None]
-    submit: Callable  # (batch, names) -> future, or HTTPException 503 when the queue is full
-    result: Callable  # awaits a future, or HTTPException 504
-    count_images: Callable[[int], None]
-    max_images: int
-    max_body_bytes: int
-    folder_name: str  # what the repository index calls the model when it could not be loaded
-    statistics: Callable[[ExportedModel], dict]  # Triton's $model_stat for the model, all workers added up
-    max_run_images: int  # SPOT_MAX_BATCH_SIZE: images per ONNX Runtime run
-    max_batch_delay_ms: float
-    instances: int  # worker processes, each with its own session and batcher
-
-
-def served(hooks: Hooks, name: str, version: str | None) -> ExportedModel:
+def served(runtime: Runtime, name: str, version: str | None) -> ExportedModel:
     """The loaded model when the request names it (any version: none, or gRPC's "", means the one served);
     else a 404, or the 503 of a model not loaded."""
-    model = hooks.model()
+    model = runtime.model()
     if name != model.name or (version and version != model.version):
         wanted = f"{name} version {version}" if version else name
-        raise HTTPException(404, f"model {wanted} is not served here; {model.name} version {model.version} is")
+        raise ServiceError(404, f"model {wanted} is not served here; {model.name} version {model.version} is")
     return model
 
 
-def model_stats(hooks: Hooks, name: str | None, version: str | None = None) -> list[dict]:
+def model_stats(runtime: Runtime, name: str | None, version: str | None = None) -> list[dict]:
     """Triton's statistics of the model named; with no name, of every model served: the one, or none while
     it is not loaded."""
     if name:
-        return [hooks.statistics(served(hooks, name, version))]
+        return [runtime.statistics(served(runtime, name, version))]
     try:
-        return [hooks.statistics(hooks.model())]
-    except HTTPException:
+        return [runtime.statistics(runtime.model())]
+    except ServiceError:
         return []
 
 
-def repository_index(hooks: Hooks, ready_only: bool) -> list[dict]:
+def repository_index(runtime: Runtime, ready_only: bool) -> list[dict]:
     """The model repository extension's index: the one model served, READY, or UNAVAILABLE with the reason."""
     try:
-        model = hooks.model()
+        model = runtime.model()
         entries = [{"name": model.name, "version": model.version, "state": "READY"}]
-    except HTTPException as exc:
-        entries = [{"name": hooks.folder_name, "state": "UNAVAILABLE", "reason": str(exc.detail)}]
+    except ServiceError as exc:
+        entries = [{"name": runtime.folder_name, "state": "UNAVAILABLE", "reason": str(exc.detail)}]
     return [e for e in entries if e["state"] == "READY" or not ready_only]
-
-
-def router(hooks: Hooks) -> APIRouter:
-    routes = APIRouter(prefix=PREFIX, tags=["open inference protocol (KServe v2)"])
-
-    def as_error(exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
-
-    @routes.get("")
-    async def server_metadata() -> dict:
-        return SERVER
-
-    @routes.get("/health/live")
-    async def live() -> Response:
-        return Response(status_code=200)
-
-    @routes.get("/health/ready")
-    async def ready() -> Response:
-        """200 ready, 400 not (the protocol's "4xx = false", Triton's 400)."""
-        try:
-            hooks.model()
-        except HTTPException:
-            return Response(status_code=400)
-        return Response(status_code=200)
-
-    def both(method: str, suffix: str, handler, summary: str, **options) -> None:
-        """`handler(request, name, version)` at /models/{name}<suffix> and /models/{name}/versions/{v}<suffix>
-        (two functions, so that neither path documents a parameter it does not have)."""
-
-        async def latest(request: Request, model_name: str):
-            return await handler(request, model_name, None)
-
-        async def versioned(request: Request, model_name: str, model_version: str):
-            return await handler(request, model_name, model_version)
-
-        routes.add_api_route(f"/models/{{model_name}}{suffix}", latest, methods=[method], summary=summary, **options)
-        path = f"/models/{{model_name}}/versions/{{model_version}}{suffix}"
-        routes.add_api_route(path, versioned, methods=[method], summary=f"{summary}, one version", **options)
-
-    async def metadata(request: Request, model_name: str, model_version: str | None):
-        try:
-            return model_metadata(served(hooks, model_name, model_version))
-        except HTTPException as exc:
-            return as_error(exc)
-
-    async def readiness(request: Request, model_name: str, model_version: str | None):
-        try:
-            served(hooks, model_name, model_version)
-        except HTTPException as exc:
-            return as_error(exc) if exc.status_code == 404 else Response(status_code=400)
-        return Response(status_code=200)
-
-    async def infer(request: Request, model_name: str, model_version: str | None):
-        try:
-            hooks.check_auth(request)
-            model = served(hooks, model_name, model_version)
-            with hooks.batcher().arriving_request():  # the batcher may wait for this one
-                encoding = request.headers.get("content-encoding", "identity").strip().lower()
-                body = decompressed(await request.body(), encoding, hooks.max_body_bytes)
-                header_length = request.headers.get("inference-header-content-length")
-
-                def parse() -> Infer:
-                    return parse_infer(body, header_length, model, hooks.max_images)
-
-                parsed = parse() if len(body) <= INLINE_BYTES else await run_in_threadpool(parse)
-                job = hooks.submit(parsed.batch, [name for name, _ in parsed.outputs])
-            results = await hooks.result(job)
-            hooks.count_images(len(parsed.batch))
-            return infer_response(model, results, parsed)
-        except HTTPException as exc:
-            return as_error(exc)
-
-    @routes.post("/repository/index", summary="Model repository index")
-    async def index(request: Request):
-        """Triton's model repository extension, read-only: which model is served and whether it is ready
-        (`{"ready": true}` lists only ready ones); loading and unloading models is not offered."""
-        body = await request.body()
-        try:
-            options = orjson.loads(body) if body.strip() else {}
-            if not isinstance(options, dict):
-                raise bad('the body must be a JSON object such as {"ready": true}, or empty')
-            return repository_index(hooks, flag(options, "ready", False))
-        except orjson.JSONDecodeError:
-            return as_error(bad('the body must be a JSON object such as {"ready": true}, or empty'))
-        except HTTPException as exc:
-            return as_error(exc)
-
-    async def config(request: Request, model_name: str, model_version: str | None):
-        try:
-            return model_config(served(hooks, model_name, model_version), hooks)  # as Triton: no wrapper
-        except HTTPException as exc:
-            return as_error(exc)
-
-    async def statistics(request: Request, model_name: str, model_version: str | None):
-        try:
-            return {"model_stats": model_stats(hooks, model_name, model_version)}
-        except HTTPException as exc:
-            return as_error(exc)
-
-    @routes.get("/models/stats", summary="Statistics of every model (Triton's extension)")
-    async def all_statistics():
-        """Every model served: the one, or none while it is not loaded."""
-        return {"model_stats": model_stats(hooks, None)}
-
-    both("GET", "/stats", statistics, "Model statistics (Triton's extension)")
-    both("GET", "/config", config, "Model configuration (Triton's extension)")
-    both("GET", "", metadata, "Model metadata")
-    both("GET", "/ready", readiness, "Model ready: 200, else 400")
-    both("POST", "/infer", infer, "Inference", openapi_extra=INFER_BODY, dependencies=[Depends(header_documented)])
-
-    return routes

@@ -11,12 +11,10 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import Callable
 
 import grpc
 import numpy as np
 from asgi_correlation_id import correlation_id
-from fastapi import HTTPException
 from fastapi.concurrency import run_in_threadpool
 from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,6 +23,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from . import logs, oip
 from .model import ExportedModel
+from .runtime import Runtime, ServiceError, Work
 
 SERVICE = "/inference.GRPCInferenceService"  # the metrics' route label: SERVICE/<method>
 MAX_CALLS = 512  # in progress at once, as uvicorn's limit_concurrency for HTTP
@@ -73,17 +72,11 @@ def output_names(request: pb.ModelInferRequest, model: ExportedModel) -> list[st
 
 
 class Servicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(
-        self,
-        hooks: oip.Hooks,
-        authorized: Callable[[str | None], bool],  # the authorization header's value -> may call
-        observe: Callable[[str, str, float], None],  # (route, status, seconds) of every call
-        count_images: Callable[[int], None],
-    ):
-        self.hooks, self.authorized, self.observe, self.count_images = hooks, authorized, observe, count_images
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
 
     async def answer(self, method: str, context: grpc.aio.ServicerContext, work):
-        """`work()`'s message, or the HTTPException it raised as the matching gRPC status; counted and timed
+        """`work()`'s message, or the ServiceError it raised as the matching gRPC status; counted and timed
         under SERVICE/method like the HTTP routes, and named by an x-request-id (the caller's metadata when
         plain, else a fresh one) in the log and the trailing metadata, as HTTP's X-Request-ID."""
         started, code = time.perf_counter(), grpc.StatusCode.OK
@@ -94,8 +87,8 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         context.set_trailing_metadata(trailer)
         try:
             return await work()
-        except HTTPException as exc:
-            code = CODES.get(exc.status_code, grpc.StatusCode.UNKNOWN)
+        except ServiceError as exc:
+            code = CODES.get(exc.status, grpc.StatusCode.UNKNOWN)
             await context.abort(code, str(exc.detail), trailer)
         except asyncio.CancelledError:  # the client went away or its deadline passed
             code = grpc.StatusCode.CANCELLED
@@ -104,7 +97,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             code = grpc.StatusCode.UNKNOWN if context.code() is None else context.code()
             raise
         finally:
-            self.observe(f"{SERVICE}/{method}", code.name, time.perf_counter() - started)
+            self.runtime.metrics.observe_request(f"{SERVICE}/{method}", code.name, time.perf_counter() - started)
 
     async def ServerLive(self, request, context):
         async def work():
@@ -114,19 +107,15 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerReady(self, request, context):
         async def work():
-            try:
-                self.hooks.model()
-            except HTTPException:
-                return pb.ServerReadyResponse(ready=False)
-            return pb.ServerReadyResponse(ready=True)
+            return pb.ServerReadyResponse(ready=self.runtime.loaded is not None)
 
         return await self.answer("ServerReady", context, work)
 
     async def ModelReady(self, request, context):
         async def work():
             try:
-                oip.served(self.hooks, request.name, request.version)
-            except HTTPException:  # not loaded, or another model: not ready, as Triton answers
+                oip.served(self.runtime, request.name, request.version)
+            except ServiceError:  # not loaded, or another model: not ready, as Triton answers
                 return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=True)
 
@@ -142,7 +131,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context):
         async def work():
-            meta = oip.model_metadata(oip.served(self.hooks, request.name, request.version))
+            meta = oip.model_metadata(oip.served(self.runtime, request.name, request.version))
             tensors = {
                 k: [pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta[k]] for k in ("inputs", "outputs")
             }
@@ -153,7 +142,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(self, request, context):
         async def work():
             models = [
-                pb.RepositoryIndexResponse.ModelIndex(**e) for e in oip.repository_index(self.hooks, request.ready)
+                pb.RepositoryIndexResponse.ModelIndex(**e) for e in oip.repository_index(self.runtime, request.ready)
             ]
             return pb.RepositoryIndexResponse(models=models)
 
@@ -161,36 +150,36 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request, context):
         async def work():
-            config = oip.model_config(oip.served(self.hooks, request.name, request.version), self.hooks)
+            config = oip.model_config(oip.served(self.runtime, request.name, request.version), self.runtime)
             return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
 
         return await self.answer("ModelConfig", context, work)
 
     async def ModelStatistics(self, request, context):
         async def work():
-            stats = oip.model_stats(self.hooks, request.name, request.version)  # no name: every model
+            stats = oip.model_stats(self.runtime, request.name, request.version)  # no name: every model
             return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
 
         return await self.answer("ModelStatistics", context, work)
 
     async def ModelInfer(self, request, context):
         async def work():
+            runtime = self.runtime
             metadata = dict(context.invocation_metadata() or ())
-            if not self.authorized(metadata.get("authorization")):
-                raise HTTPException(401, "missing or wrong API key (metadata authorization: Bearer <key>)")
-            model = oip.served(self.hooks, request.model_name, request.model_version)
-            with self.hooks.batcher().arriving_request():  # the batcher may wait for this one
-                parse = lambda: input_batch(request, model, self.hooks.max_images)  # noqa: E731
+            runtime.check_auth(metadata.get("authorization"), "metadata authorization: Bearer <key>")
+            model = oip.served(runtime, request.model_name, request.model_version)
+
+            async def prepare() -> Work:
+                parse = lambda: input_batch(request, model, runtime.settings.max_files)  # noqa: E731
                 # raw bytes are one copy; typed contents go number by number: not on the event loop
                 batch = parse() if request.raw_input_contents else await run_in_threadpool(parse)
-                names = output_names(request, model)
-                job = self.hooks.submit(batch, names)
-            results = await self.hooks.result(job)
-            self.count_images(len(batch))
+                return Work(batch, output_names(request, model), len(batch))
+
+            answer = await runtime.infer(f"{SERVICE}/ModelInfer", prepare)
             response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
             response.parameters["execution_provider"].string_param = model.provider
-            for name in names:
-                values = np.ascontiguousarray(results[name], "<f4")
+            for name in answer.work.outputs:
+                values = np.ascontiguousarray(answer.outputs[name], "<f4")
                 response.outputs.add(name=name, datatype="FP32", shape=values.shape)
                 response.raw_output_contents.append(values.tobytes())
             return response

@@ -63,7 +63,7 @@ def assemble(
     rows, cols = sorted({y for y, _ in positions}), sorted({x for _, x in positions})
     row_of, col_of = {y: n * grid for n, y in enumerate(rows)}, {x: n * grid for n, x in enumerate(cols)}
     drop = np.zeros((len(rows) * grid, len(cols) * grid))  # every tile's cells side by side
-    for (y, x), tile_drop in zip(positions, sigmoid(-mask_logits[:, 0].astype(np.float64))):
+    for (y, x), tile_drop in zip(positions, sigmoid(-mask_logits[:, 0].astype(np.float64)), strict=True):
         r, c = row_of[y], col_of[x]
         drop[r : r + grid, c : c + grid] = tile_drop
     across = to_cells(drop, cell_shares(cols, size, cell, w), -(-w // cell))  # [tile cell rows, covered cols]

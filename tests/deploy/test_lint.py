@@ -3,6 +3,7 @@ schemas with no finding; each check is also shown to fail on a broken file, so a
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from service.config import Settings
 from ..conftest import REPO
 from .conftest import run_tool
 
+RUFF_PATHS = ["service", "tests/serve"]  # training/ is not held to it yet
+MAX_FUNCTION_LINES, MAX_MODULE_LINES = 80, 450
 DOCKERFILES = sorted(str(p.relative_to(REPO)) for p in (REPO / "docker").glob("Dockerfile*"))
 SCRIPTS = sorted(str(p.relative_to(REPO)) for p in (REPO / "docker").glob("*.sh"))
 MANIFESTS = sorted(str(p.relative_to(REPO)) for p in (REPO / "deploy" / "k8s").glob("*.yaml"))
@@ -144,3 +147,40 @@ def test_compose_build_bases_default_to_the_dockerfiles_pins():
         pinned = re.search(r"^ARG BASE=(\S+)$", (REPO / "docker" / dockerfile).read_text(), re.M).group(1)
         default = re.fullmatch(r"\$\{\w+:-(.+)\}", COMPOSE["services"][service]["build"]["args"]["BASE"]).group(1)
         assert default == pinned, f"{service}: compose builds on {default}, the Dockerfile pins {pinned}"
+
+
+def test_ruff_finds_nothing_in_the_service_and_its_tests():
+    """pyproject's [tool.ruff] rules; `ruff check --fix service tests/serve` mends most findings."""
+    assert_clean(run_tool("ruff", "check", "--no-cache", *RUFF_PATHS))
+
+
+def test_ruff_catches_an_unused_import_and_a_bare_zip(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\n\nprint(list(zip([1], [2])))\n")
+    result = run_tool("ruff", "check", "--no-cache", "--config", str(REPO / "pyproject.toml"), str(bad))
+    assert result.returncode != 0 and "F401" in result.stdout and "B905" in result.stdout
+
+
+def oversized(path) -> list[str]:
+    """A module over MAX_MODULE_LINES, or a function (or method) over MAX_FUNCTION_LINES, named with its size."""
+    text = path.read_text()
+    found = [f"{path.name}: {len(text.splitlines())} lines"] if len(text.splitlines()) > MAX_MODULE_LINES else []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            if node.end_lineno - start + 1 > MAX_FUNCTION_LINES:
+                found.append(f"{path.name}:{node.lineno} {node.name}(): {node.end_lineno - start + 1} lines")
+    return found
+
+
+def test_service_functions_and_modules_stay_small():
+    modules = sorted([*(REPO / "service").glob("*.py"), *(REPO / "service" / "routes").glob("*.py")])
+    assert len(modules) > 10
+    found = [problem for module in modules for problem in oversized(module)]
+    assert not found, f"split these (functions <= {MAX_FUNCTION_LINES} lines, modules <= {MAX_MODULE_LINES}): {found}"
+
+
+def test_the_size_check_catches_a_long_function(tmp_path):
+    long = tmp_path / "long.py"
+    long.write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
+    assert oversized(long) == [f"long.py:1 f(): {MAX_FUNCTION_LINES + 1} lines"]

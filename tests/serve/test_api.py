@@ -32,7 +32,7 @@ def direct(model_dir, rgbs, layers):
     model = ExportedModel(model_dir, "cpu")
     batch = np.stack([model.normalize(centre_view(rgb, model.size, model.crop_fraction)) for rgb in rgbs])
     session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    return dict(zip(layers, session.run(layers, {"images": batch})))
+    return dict(zip(layers, session.run(layers, {"images": batch}), strict=False))
 
 
 def test_health_ready_and_models(client, model_dir):
@@ -367,6 +367,25 @@ def test_openapi_documents_the_multipart_and_json_forms(client):
     assert len(operations) == len(set(operations))  # unique, or code generators refuse the schema
 
 
+def test_openapi_puts_the_inference_routes_first_with_their_options_and_answers(client):
+    """/docs lists paths in the schema's order; each route documents its own options and its answer."""
+    spec = client.get("/openapi.json").json()
+    assert list(spec["paths"])[:2] == ["/features", "/spot"]
+    for route, options, answer in (
+        ("/features", ["layers", "pool", "normalize", "encoding", "dtype"], "FeaturesAnswer"),
+        ("/spot", ["heatmap"], "SpotAnswer"),
+    ):
+        operation = spec["paths"][route]["post"]
+        assert [p["name"] for p in operation["parameters"]] == options
+        json_form = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert list(json_form["properties"]) == ["images", *options] and json_form["additionalProperties"] is False
+        schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+        assert (
+            schema["$ref"].endswith(f"/{answer}") and "results" in spec["components"]["schemas"][answer]["properties"]
+        )
+    assert spec["paths"]["/readyz"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+
+
 def test_a_model_whose_mask_cells_are_not_whole_pixels_is_refused(tmp_path, model_dir):
     from service.model import ModelError
 
@@ -588,9 +607,8 @@ def test_command_line_client_takes_folders_in_chunks_and_a_bad_file_costs_only_i
     stacked = np.load(tmp_path / "f.npz")
     assert list(stacked["names"]) == [x["image"] for x in report if "error" not in x]
     assert stacked["conv5"].shape == (20, 32)
-    one = httpx.post(
-        f"{server.url}/features", params={"layers": "conv5"}, files=[("files", open(stacked["names"][13], "rb"))]
-    )
+    with open(stacked["names"][13], "rb") as f:
+        one = httpx.post(f"{server.url}/features", params={"layers": "conv5"}, files=[("files", f)])
     np.testing.assert_allclose(stacked["conv5"][13], one.json()["results"][0]["features"]["conv5"]["values"], rtol=1e-6)
 
     r = client("spot", "--out", str(tmp_path / "out"))  # 21 images: two requests of at most 16
@@ -598,9 +616,13 @@ def test_command_line_client_takes_folders_in_chunks_and_a_bad_file_costs_only_i
     for folder in ("a", "b"):  # the same name in both folders: two overlays, none overwritten
         assert Image.open(tmp_path / "out" / folder / f"{photos[0].name}.overlay.png").size == (96, 96)
     assert sum(1 for _ in (tmp_path / "out").rglob("*.overlay.png")) == 20
+    r = client("spot")  # neither --out nor --beside: the scores, and no file written anywhere
+    assert r.returncode == 1 and len(json.loads(r.stdout)) == 21
+    assert not [x for x in json.loads(r.stdout) if "overlay" in x] and not list(tmp_path.glob("[ab]/*.overlay.png"))
     for _ in range(2):  # beside the images, twice: the overlays written the first time are not inputs
-        r = client("spot")
+        r = client("spot", "--beside")
         assert r.returncode == 1 and len(json.loads(r.stdout)) == 21
+    assert len(list(tmp_path.glob("[ab]/*.overlay.png"))) == 20
     assert not list(tmp_path.rglob("*.overlay.overlay.png"))
     same_name = [str(tmp_path / "a" / photos[0].name), str(tmp_path / "b" / photos[0].name)]
     r = subprocess.run([*base, "spot", *same_name, "--out", str(tmp_path / "o2"), "--url", server.url],
@@ -639,7 +661,7 @@ CORPUS = [
     ("base64 of a text", "/spot", {"json": {"images": [base64.b64encode(b"hello").decode()]}}, 400, "not a readable image"),
     ("empty image list", "/features", {"json": {"images": []}}, 422, "images"),
     ("images not a list", "/features", {"json": {"images": "abc"}}, 422, "images"),
-    ("unknown json key", "/spot", {"json": {"images": [base64.b64encode(GOOD).decode()], "colour": "red"}}, 422, "unknown fields ['colour']; valid: images, layers"),
+    ("unknown json key", "/spot", {"json": {"images": [base64.b64encode(GOOD).decode()], "colour": "red"}}, 422, "unknown fields ['colour']; valid: images, heatmap\""),
     ("malformed json", "/features", {"content": b'{"images": [', "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
     ("wrong content type", "/spot", {"content": GOOD, "headers": {"content-type": "image/png"}}, 415, "multipart"),
     ("unknown layer", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": {"layers": "conv9"}}, 422, "conv5"),
@@ -659,7 +681,10 @@ CORPUS = [
     ("path traversal in a file name", "/spot", {"files": [("files", ("../../etc/passwd", b"root:x:0:0", "image/png"))]}, 400, "../../etc/passwd"),
     ("a typo'd query parameter", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": {"layer": "conv5"}}, 422, "unknown query parameters ['layer']; valid: layers, pool"),
     ("an option given twice", "/features", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": [("pool", "avg"), ("pool", "max")]}, 422, "pool given twice"),
-    ("the other route's option in json", "/features", {"json": {"images": [base64.b64encode(GOOD).decode()], "heatmap": "png"}}, 422, "heatmap: not an option of this route"),
+    ("the other route's option in json", "/features", {"json": {"images": [base64.b64encode(GOOD).decode()], "heatmap": "png"}}, 422, "unknown fields ['heatmap']; valid: images, layers, pool, normalize, encoding, dtype\""),
+    ("the other route's option in the query", "/spot", {"files": [("files", ("a.png", GOOD, "image/png"))], "params": {"layers": "conv5"}}, 422, "unknown query parameters ['layers']; valid: heatmap\""),
+    ("a field named file, not files", "/spot", {"files": [("file", ("a.png", GOOD, "image/png"))]}, 422, "unknown form fields ['file']; send images as 'files'"),
+    ("an extra file field beside files", "/features", {"files": [("files", ("a.png", GOOD, "image/png")), ("file", ("b.png", GOOD, "image/png"))]}, 422, "unknown form fields ['file']"),
     ("a heatmap of too many values", "/spot", {"files": [("files", ("big.png", _bits(Image.new("1", (5000, 4000)), "PNG"), "image/png"))]}, 413, "heatmap=values for 20000000 pixels exceeds the limit of 16777216"),
     ("a data url that is not base64", "/spot", {"json": {"images": ["data:image/png,abc"]}}, 400, "without ';base64,'"),
     ("one bad image among good ones", "/features", {"files": [("files", ("ok.png", GOOD, "image/png")), ("files", ("bad.png", b"xx", "image/png"))]}, 400, "bad.png"),
@@ -881,7 +906,8 @@ def test_two_workers_serve_one_port_and_metrics_add_up(model_dir):
     data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
     try:
         with httpx.Client(base_url=s.url, timeout=30) as c:
-            children = [int(p) for p in open(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children").read().split()]
+            with open(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children") as f:
+                children = [int(p) for p in f.read().split()]
             assert len(children) >= 2  # the supervisor and its workers (and multiprocessing's tracker)
             started = time.time()
             with ThreadPoolExecutor(8) as pool:
@@ -1041,3 +1067,34 @@ def test_padding_is_reported_by_readyz_and_keeps_the_answers(model_dir):
         finally:
             s.stop()
     np.testing.assert_allclose(answers["on"], answers["auto"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_busy_port_is_one_line_that_names_the_way_out():
+    """Not uvicorn's bind error and exit: one line naming --port and SPOT_PORT, before anything is loaded."""
+    import socket
+    import subprocess
+    import sys
+
+    from ..conftest import REPO
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        runs = [
+            subprocess.run(
+                [sys.executable, "-m", "service", *args],
+                cwd=REPO,
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            for args, env in ((["--port", str(port)], {}), ([], {"SPOT_PORT": str(port)}))
+        ]
+    for r in runs:
+        assert r.returncode == 2, r.stderr
+        assert (
+            r.stderr
+            == f"error: port {port} on 127.0.0.1: Address already in use; choose another with --port or SPOT_PORT\n"
+        )

@@ -31,12 +31,13 @@ def bodies(tmp_path_factory):
     root = tmp_path_factory.mktemp("bodies")
     return {
         "valid": write_bodies(valid, root / "valid"),
-        "mixed": write_bodies([x for pair in zip(valid, invalid * 25) for x in pair], root / "mixed"),
+        "mixed": write_bodies([x for pair in zip(valid, invalid * 25, strict=False) for x in pair], root / "mixed"),
     }
 
 
 def rss_mib(pid: int) -> float:
-    line = next(ln for ln in open(f"/proc/{pid}/status") if ln.startswith("VmRSS:"))
+    with open(f"/proc/{pid}/status") as f:
+        line = next(ln for ln in f if ln.startswith("VmRSS:"))
     return int(line.split()[1]) / 1024
 
 

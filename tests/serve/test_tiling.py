@@ -53,7 +53,7 @@ def laid_pixel_by_pixel(mask_logits, positions, size, covered):
     cell = size // mask_logits.shape[-1]
     drop = 1 / (1 + np.exp(mask_logits[:, 0].astype(np.float64)))
     total, count = np.zeros((h, w)), np.zeros((h, w))
-    for (y, x), d in zip(positions, drop):
+    for (y, x), d in zip(positions, drop, strict=False):
         total[y : y + size, x : x + size] += d.repeat(cell, 0).repeat(cell, 1)
         count[y : y + size, x : x + size] += 1
     per_pixel = total / count
