@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from training.config import load_config
-from training.data import ImageArrayDataset, load_images, train_transform
 from training.loop import backward_each, make_optimizer, set_phase, trainable
 from training.steps import STEPS, spot_step
 from training.losses import autoencoder_loss, discriminator_loss, masked_mse, repair_loss
@@ -31,16 +30,6 @@ def test_loss_weights_are_the_papers():
     assert total.item() == pytest.approx(parts["loss/disc/ce"].item() + 0.1 * parts["loss/disc/mask"].item())
     r_total, r_parts = repair_loss(logits[1:], x[:1], y[:1], torch.ones(1, 1, 4, 4))
     assert r_total.item() == pytest.approx(r_parts["loss/repair/adv"].item() + 30 * 0.25)
-
-
-@pytest.fixture(scope="module")
-def real_batch(data_root, cache_dir):
-    cfg = load_config("tiny")
-    data = load_images("cifar10-sample", data_root, cache_dir)
-    ds = ImageArrayDataset(data, train_transform(cfg.data, 32))
-    torch.manual_seed(0)
-    images = torch.stack([ds[i][0] for i in range(32)])
-    return images, torch.from_numpy(data.labels[:32])
 
 
 @pytest.mark.parametrize(

@@ -7,22 +7,13 @@ import pytest
 import torch
 
 from training.config import load_config
-from training.data import ImageArrayDataset, eval_transform, load_images, train_transform
+from training.data import ImageArrayDataset, eval_transform, load_images
 from training.loop import backward_each, make_optimizer, set_phase, trainable
 from training.networks import build_networks, to_disc_input
 from training.probe import reestimate_batchnorm
 from training.steps import STEPS, rotated
 
 from ..conftest import run_cli
-
-
-@pytest.fixture(scope="module")
-def real_batch(data_root, cache_dir):
-    cfg = load_config("tiny")
-    data = load_images("cifar10-sample", data_root, cache_dir)
-    ds = ImageArrayDataset(data, train_transform(cfg.data, 32))
-    torch.manual_seed(0)
-    return torch.stack([ds[i][0] for i in range(32)]), torch.from_numpy(data.labels[:32])
 
 
 def test_image_i_is_turned_by_i_mod_4_quarter_turns(real_batch):
