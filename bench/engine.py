@@ -17,7 +17,7 @@ import onnx
 
 from service.images import decode
 from service.model import HEAD_OUTPUTS, ExportedModel, cut_graph
-from service.preprocess import centre_view
+from contract.views import centre_view
 
 from .context import commit, hardware, timed
 from .load import jpeg_crops

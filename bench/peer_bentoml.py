@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from service.model import ExportedModel
-from service.preprocess import centre_view
+from contract.views import centre_view
 
 
 @bentoml.service(workers=1, logging={"access": {"enabled": False}})

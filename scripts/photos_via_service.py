@@ -19,11 +19,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.server import Server  # noqa: E402
-from service.client import expand, results_or_errors  # noqa: E402
+from service.client import SpotClient, expand  # noqa: E402
 from service.config import Settings  # noqa: E402
 
 SETTINGS = {
@@ -35,13 +33,14 @@ SETTINGS = {
 def score(model: Path, root: Path, photos: list[Path], env: dict) -> dict:
     server = Server(model, ready="/readyz", timeout=120, access_log="false", **env)
     try:
-        with httpx.Client(base_url=server.url, timeout=600) as client, ThreadPoolExecutor(2) as pool:
+        with SpotClient(server.url, timeout=600) as client, ThreadPoolExecutor(2) as pool:
             started = time.perf_counter()
-            answers = list(pool.map(lambda p: results_or_errors(client, "spot", {"heatmap": "none"}, [p])[0], photos))
+            ask = lambda p: client.results_or_errors("spot", {"heatmap": "none"}, [(0, p)])[0]  # noqa: E731
+            answers = list(pool.map(ask, photos))
             seconds = time.perf_counter() - started
     finally:
         server.stop()
-    failed = [str(p) for p, a in zip(photos, answers) if "error" in a]
+    failed = [str(p) for p, a in zip(photos, answers, strict=False) if "error" in a]
     if failed:
         raise SystemExit(f"the service did not score {failed}: {[a for a in answers if 'error' in a][:3]}")
     per_photo = {
@@ -52,7 +51,7 @@ def score(model: Path, root: Path, photos: list[Path], env: dict) -> dict:
             "tiles": a["tiling"]["tiles"],
             "size": [a["width"], a["height"]],
         }  # fmt: skip
-        for p, a in zip(photos, answers)
+        for p, a in zip(photos, answers, strict=False)
     }
     downscaled = [v for v in per_photo.values() if v["scale"] < 1]
     return {

@@ -145,7 +145,7 @@ class SpotClient:
         return {layer: np.stack(values) for layer, values in stacked.items()}
 
     def spot(self, images: Iterable, heatmap: str = "none") -> list[dict]:
-        """Per image, the server's /spot answer (README), its `values` as float32 arrays: `mask.values`
+        """Per image, the server's /spot answer (docs/service.md), its `values` as float32 arrays: `mask.values`
         (rows, cols) of drop probabilities, `heatmap.values` at the image's size (heatmap="values"); a
         heatmap asked as "png" or "overlay" comes as PNG bytes in `heatmap.png`. Raises ServerError when any
         image fails (every failure named)."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -14,6 +12,8 @@ import onnx
 import onnx.utils
 import onnxruntime as ort
 
+from contract.spec import ModelSpec, SpecError
+
 log = logging.getLogger(__name__)
 GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 HEAD_OUTPUTS = ["real_logit", "mask_logits"]  # what /spot asks for
@@ -21,11 +21,6 @@ HEAD_OUTPUTS = ["real_logit", "mask_logits"]  # what /spot asks for
 
 class ModelError(RuntimeError):
     """The model folder is missing, corrupt or cannot run as asked."""
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def tensorrt_libraries_present() -> bool:
@@ -69,31 +64,29 @@ class ExportedModel:
         self, folder: Path, providers: str = "auto", require_gpu: bool = False, threads: int = 0, spin: bool = True
     ):
         folder = Path(folder)
-        meta_path, onnx_path = folder / "model.json", folder / "model.onnx"
-        if not meta_path.is_file() or not onnx_path.is_file():
+        onnx_path = folder / "model.onnx"
+        if not (folder / "model.json").is_file() or not onnx_path.is_file():
             raise ModelError(f"{folder} must hold model.json and model.onnx")
         try:
-            self.meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"{meta_path} is not valid JSON: {exc}") from None
-        if file_sha256(onnx_path) != self.meta.get("sha256"):
-            raise ModelError(f"{onnx_path} does not match the sha256 in model.json: corrupt or replaced")
+            self.spec = ModelSpec.read(folder)
+            self.spec.verify(onnx_path)
+        except SpecError as exc:
+            raise ModelError(f"{folder}: {exc}") from None
+        self.meta = self.spec.raw
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning threads wait for work by burning a core: on a small CPU that core is the HTTP layer's.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        self.layers: list[str] = list(self.meta["layers"])
+        self.layers: list[str] = list(self.spec.layers)
         # What /features returns when no layer is asked for: the export's best probe layer (older folders: the last).
-        self.default_layer: str = self.meta.get("default_layer", self.layers[-1])
-        if self.default_layer not in self.layers:
-            raise ModelError(f"default_layer {self.default_layer!r} in {meta_path} is not one of {self.layers}")
+        self.default_layer: str = self.spec.default_layer
         try:
             graph = onnx.load(str(onnx_path))
             heads = cut_graph(graph, HEAD_OUTPUTS)
             # One network gives every output: the heads need all of it, so the whole graph serves /spot and any
             # mix of outputs. Two networks (model.json `features_from`): the heads' graph and the trunk share
-            # nothing, so a mix runs each on its own and no third session is kept (README: memory per worker).
+            # nothing, so a mix runs each on its own and no third session is kept (docs/service.md: memory per worker).
             self.one_network = len(heads.graph.node) == len(graph.graph.node)
             self.heads = ort.InferenceSession(
                 (graph if self.one_network else heads).SerializeToString(),
@@ -107,16 +100,13 @@ class ExportedModel:
         self.provider = self.heads.get_providers()[0]
         if require_gpu and self.provider == "CPUExecutionProvider":
             raise ModelError("a GPU was required (SPOT_REQUIRE_GPU) but ONNX Runtime runs on the CPU")
-        pre = self.meta["preprocessing"]
-        self.size = int(pre["input_size"])
-        self.mean = np.asarray(pre["mean"], np.float32)
-        self.std = np.asarray(pre["std"], np.float32)
-        self.crop_fraction = float(pre.get("crop_fraction", 1.0))
-        self.outputs = [o["name"] for o in self.meta["outputs"]]
-        self.grid = int(self.meta["mask_grid"])
-        if self.size % self.grid:
-            raise ModelError(f"mask_grid {self.grid} must divide input_size {self.size}: a cell is whole pixels")
-        self.name, self.version = self.meta["name"], str(self.meta["version"])
+        self.size = self.spec.input_size
+        self.mean = np.asarray(self.spec.mean, np.float32)
+        self.std = np.asarray(self.spec.std, np.float32)
+        self.crop_fraction = self.spec.crop_fraction
+        self.outputs = list(self.spec.outputs)
+        self.grid = self.spec.mask_grid
+        self.name, self.version = self.spec.name, self.spec.version
         self.pad_to = 0  # set by pad_batches()
 
     def pad_batches(self, setting: str, size: int) -> None:

@@ -12,21 +12,23 @@ from . import checkpoint
 from .config import Config, apply_overrides, dump, list_presets, load_config, parse_override, valid_keys
 
 
-def resolve_config(preset: str | None, run_dir: Path | None, overrides: list[str]) -> Config:
-    """A run folder with a checkpoint resumes with its own stored config (overrides on top)."""
+def resolve_config(preset: str | None, run_dir: Path | None, overrides: list[str]) -> tuple[Config, dict | None]:
+    """A run folder with a checkpoint resumes with its own stored config (overrides on top). Returns the
+    config and the checkpoint (None for a new run), loaded once for both."""
     ckpt = run_dir / "checkpoint.pt" if run_dir else None
     if ckpt and ckpt.exists():
-        cfg = Config.from_dict(checkpoint.load(ckpt)["config"])
+        state = checkpoint.load(ckpt)
+        cfg = Config.from_dict(state["config"])
         if preset and preset != cfg.preset:
             raise SystemExit(
                 f"{run_dir} holds a {cfg.preset} run: resume it without --preset (or with --preset {cfg.preset}), "
                 f"or start the {preset} run in a new --run-dir"
             )
         apply_overrides(cfg, overrides)
-        return cfg
+        return cfg, state
     if not preset:
         raise SystemExit(f"--preset is required for a new run; presets: {', '.join(list_presets())}")
-    return load_config(preset, overrides)
+    return load_config(preset, overrides), None
 
 
 def run_probe(args, overrides: list[str]) -> dict:
@@ -42,7 +44,9 @@ def run_probe(args, overrides: list[str]) -> dict:
         disc, source = nets["disc"], str(args.checkpoint)
     elif args.model:
         if args.batchnorm != "game":
-            raise ValueError("--batchnorm probe-data needs --checkpoint or --random: an exported model has its statistics folded in")
+            raise ValueError(
+                "--batchnorm probe-data needs --checkpoint or --random: an exported model has its statistics folded in"
+            )
         meta = json.loads((args.model / "model.json").read_text())
         cfg = load_config(meta["training"]["preset"])
         features, source = onnx_features(args.model), f"onnx:{args.model}"
@@ -64,14 +68,7 @@ def run_probe(args, overrides: list[str]) -> dict:
     return {"model": source, "preset": cfg.preset, "batchnorm": args.batchnorm, **results}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train (or resume) a run; extra --key=value override the preset")
-    p.add_argument("--preset", choices=list_presets())
-    p.add_argument("--run-dir", type=Path, required=True)
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--no-progress", action="store_true")
+def add_export_command(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint's discriminator to ONNX + model.json + MODEL_CARD.md")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -86,6 +83,24 @@ def main(argv: list[str] | None = None) -> int:
         "--features-from", type=Path, help="take conv1..conv5 from this checkpoint (the heads stay --checkpoint's)"
     )
     p.add_argument("--features-train-command", help="the training command(s) of --features-from, to record")
+    p.add_argument(
+        "--reference-probes",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="probe files of a random init and a supervised trunk: probe_gap_closed/<test> per --metrics probe",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train (or resume) a run; extra --key=value override the preset")
+    p.add_argument("--preset", choices=list_presets())
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--no-progress", action="store_true")
+    add_export_command(sub)
     p = sub.add_parser("speed", help="training throughput (img/s) per stage: optimised vs plain fp32 eager")
     p.add_argument("--preset", choices=list_presets(), required=True)
     p.add_argument("--steps", type=int, default=20)
@@ -137,97 +152,121 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, required=True, help="an exported model folder (model.onnx + model.json)")
     p.add_argument("--out", type=Path, required=True, help="the checkpoint to write")
     sub.add_parser("keys", help="list every config key")
-    args, rest = parser.parse_known_args(argv)
+    return parser
+
+
+def write_json(results: dict, out: Path | None) -> None:
+    """Print the results; with --out, also write them there."""
+    print(json.dumps(results, indent=2))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def cmd_train(args, rest: list[str]) -> None:
+    cfg, state = resolve_config(args.preset, args.run_dir, rest)
+    if args.dry_run:
+        print(dump(cfg))
+        return
+    from .loop import train
+
+    train(cfg, args.run_dir, progress=not args.no_progress, state=state)
+
+
+def cmd_export(args, rest: list[str]) -> None:
+    if not 0 <= args.threshold <= 1:  # an artifact score is in [0, 1]
+        raise SystemExit(f"--threshold must be in [0, 1], got {args.threshold}")
+    from .export import export
+    from .probe import gap_summary, probe_summary
+
+    metrics, probes = {}, []
+    for path in args.metrics:  # spot-eval and evaluate files carry a summary; probe files their top-1
+        report = json.loads(path.read_text())
+        if "top1" in report:
+            metrics.update(probe_summary(report))
+            probes.append(report)
+        else:
+            metrics.update(report.get("summary", {k: v for k, v in report.items() if isinstance(v, (int, float))}))
+    metrics.update(gap_summary(probes, [json.loads(p.read_text()) for p in args.reference_probes]))
+    meta = export(
+        args.checkpoint,
+        args.out,
+        args.name,
+        args.version,
+        metrics,
+        args.train_command,
+        args.threshold,
+        args.features_from,
+        args.features_train_command,
+    )
+    print(json.dumps({"out": str(args.out), "sha256": meta["sha256"], "export_check": meta["export_check"]}))
+
+
+def cmd_speed(args, rest: list[str]) -> None:
+    from .speed import measure
+
+    cfg = load_config(args.preset, rest)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)  # before a minute of measuring, not after
+    write_json(measure(cfg, args.steps), args.out)
+
+
+def cmd_evaluate(args, rest: list[str]) -> None:
+    from .evaluate import evaluate_checkpoint
+
+    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.crop, args.limit), indent=2))
+
+
+def cmd_spot_eval(args, rest: list[str]) -> None:
+    from .spot_eval import spot_eval
+
+    rates = [float(r) for r in args.drop_rates.split(",")]
+    write_json(spot_eval(args.checkpoint, rates, args.photos, args.limit, generator=args.generator), args.out)
+
+
+def cmd_report(args, rest: list[str]) -> None:
+    from .report import write_report
+
+    write_report(args.results, args.out)
+    print(args.out)
+
+
+def cmd_curve(args, rest: list[str]) -> None:
+    from .report import pretext_curve
+
+    summary = args.run_dir / "summary.jsonl"  # each finished stage's last metrics and wall time
+    stages = [json.loads(line) for line in summary.read_text().splitlines()] if summary.exists() else []
+    write_json({"run": str(args.run_dir), "stages": stages, "curves": pretext_curve(args.run_dir)}, args.out)
+
+
+def cmd_recover(args, rest: list[str]) -> None:
+    from .recover import recover
+
+    print(json.dumps(recover(args.model, args.out), indent=2))
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "export": cmd_export,
+    "speed": cmd_speed,
+    "evaluate": cmd_evaluate,
+    "probe": lambda args, rest: write_json(run_probe(args, rest), args.out),
+    "spot-eval": cmd_spot_eval,
+    "report": cmd_report,
+    "curve": cmd_curve,
+    "recover": cmd_recover,
+    "keys": lambda args, rest: print("\n".join(valid_keys())),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        overrides = [parse_override(a) for a in rest]
-        if rest and args.command not in ("train", "speed") and not (args.command == "probe" and args.random):
+        overrides = [parse_override(a) for a in rest]  # checked here, whatever the command
+        if overrides and args.command not in ("train", "speed") and not (args.command == "probe" and args.random):
             raise ValueError(f"{args.command} takes no --key=value overrides: {rest}")
-        if args.command == "train":
-            cfg = resolve_config(args.preset, args.run_dir, rest)
-            if args.dry_run:
-                print(dump(cfg))
-                return 0
-            from .loop import train
-
-            train(cfg, args.run_dir, progress=not args.no_progress)
-        elif args.command == "export":
-            if not 0 <= args.threshold <= 1:  # an artifact score is in [0, 1]
-                raise SystemExit(f"--threshold must be in [0, 1], got {args.threshold}")
-            from .export import export
-            from .probe import probe_summary
-
-            metrics = {}
-            for path in args.metrics:  # spot-eval and evaluate files carry a summary; probe files their top-1
-                report = json.loads(path.read_text())
-                if "top1" in report:
-                    metrics.update(probe_summary(report))
-                else:
-                    metrics.update(
-                        report.get("summary", {k: v for k, v in report.items() if isinstance(v, (int, float))})
-                    )
-            meta = export(
-                args.checkpoint,
-                args.out,
-                args.name,
-                args.version,
-                metrics,
-                args.train_command,
-                args.threshold,
-                args.features_from,
-                args.features_train_command,
-            )
-            print(json.dumps({"out": str(args.out), "sha256": meta["sha256"], "export_check": meta["export_check"]}))
-        elif args.command == "speed":
-            from .speed import measure
-
-            cfg = load_config(args.preset, dict(overrides))
-            if args.out:
-                args.out.parent.mkdir(parents=True, exist_ok=True)  # before a minute of measuring, not after
-            results = measure(cfg, args.steps)
-            print(json.dumps(results, indent=2))
-            if args.out:
-                args.out.write_text(json.dumps(results, indent=2) + "\n")
-        elif args.command == "evaluate":
-            from .evaluate import evaluate_checkpoint
-
-            print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.crop, args.limit), indent=2))
-        elif args.command == "probe":
-            results = run_probe(args, rest)
-            print(json.dumps(results, indent=2))
-            if args.out:
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(results, indent=2) + "\n")
-        elif args.command == "spot-eval":
-            from .spot_eval import spot_eval
-
-            rates = [float(r) for r in args.drop_rates.split(",")]
-            results = spot_eval(args.checkpoint, rates, args.photos, args.limit, generator=args.generator)
-            print(json.dumps(results, indent=2))
-            if args.out:
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(results, indent=2) + "\n")
-        elif args.command == "report":
-            from .report import write_report
-
-            write_report(args.results, args.out)
-            print(args.out)
-        elif args.command == "curve":
-            from .report import pretext_curve
-
-            summary = args.run_dir / "summary.jsonl"  # each finished stage's last metrics and wall time
-            stages = [json.loads(line) for line in summary.read_text().splitlines()] if summary.exists() else []
-            results = {"run": str(args.run_dir), "stages": stages, "curves": pretext_curve(args.run_dir)}
-            print(json.dumps(results, indent=2))
-            if args.out:
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(results, indent=2) + "\n")
-        elif args.command == "recover":
-            from .recover import recover
-
-            print(json.dumps(recover(args.model, args.out), indent=2))
-        elif args.command == "keys":
-            print("\n".join(valid_keys()))
+        COMMANDS[args.command](args, rest)
     except (KeyError, TypeError, ValueError, FileNotFoundError, checkpoint.CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

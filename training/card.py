@@ -75,7 +75,8 @@ real/artifact score and a drop-mask grid.
 - Exported from: `{train["checkpoint"]}` with torch {train["torch_version"]}, opset {meta["opset"]}
 - `model.onnx` sha256: `{meta["sha256"]}` ({meta["size_bytes"]} bytes)
 
-{features_section(meta)}`/features` returns `{meta["default_layer"]}` when no layer is asked for: {meta["default_layer_reason"]}.
+{features_section(meta)}`/features` returns `{meta["default_layer"]}` when no layer is asked for: \
+{meta["default_layer_reason"]}.
 `/spot` calls an image altered when its `artifact_score` exceeds {meta.get("spot_threshold", 0.5)} (`spot_threshold`).
 
 ## Input

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision.transforms import InterpolationMode, v2
 from tqdm import tqdm
 
-from service.images import to_rgb  # the service's conversion: training sees images as it will
+from contract.images import to_rgb  # the service's conversion: training sees images as it will
 
 from .config import DataConfig
 
@@ -69,7 +69,7 @@ def _decode_all(items: list[tuple[str, bytes, int]], size: int | None, desc: str
     images, labels = [], []
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # PIL releases the GIL
         decoded = pool.map(lambda it: decode(it[1], it[0], size), items, chunksize=256)
-        for (name, _, label), img in zip(items, tqdm(decoded, total=len(items), desc=desc, leave=False)):
+        for (_, _, label), img in zip(items, tqdm(decoded, total=len(items), desc=desc, leave=False), strict=False):
             if img is None:
                 continue
             if images and img.shape != images[0].shape:
@@ -164,7 +164,8 @@ def load_images(spec: str, root: Path | None = None, cache_dir: Path | None = No
         data = _load_folder(Path(arg), size)
     else:
         raise ValueError(
-            f"unknown data source {spec!r}; use cifar10:train|test, tiny-imagenet:train|val, cifar10-sample, folder:PATH"
+            f"unknown data source {spec!r}; "
+            "use cifar10:train|test, tiny-imagenet:train|val, cifar10-sample, folder:PATH"
         )
     cache_dir.mkdir(parents=True, exist_ok=True)
     for suffix, array in ((".images.npy", data.images), (".labels.npy", data.labels)):

@@ -75,10 +75,8 @@ def describe_hardware() -> str:
         return f"{world} x {torch.cuda.get_device_name()}"
     model = "unknown CPU"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
     except OSError:
         pass
     return f"{world} process(es) on {os.cpu_count()} cores of {model}"

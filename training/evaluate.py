@@ -9,8 +9,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpoint
-from .data import ImageArrayDataset, load_images, eval_transform
-from .loop import SPOTTING, evaluate
+from .data import ImageArrayDataset, eval_transform, load_images
+from .heldout import evaluate
+from .stages import SPOTTING
 
 
 def evaluate_checkpoint(

@@ -15,12 +15,12 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from . import checkpoint
-from service.model import file_sha256
+from contract.spec import ModelSpec, file_sha256
 
+from . import checkpoint
 from .card import render
 from .config import Config
-from .data import ImageArrayDataset, load_images, eval_transform
+from .data import ImageArrayDataset, eval_transform, load_images
 from .networks import IMAGENET_MEAN_255, Discriminator, to_disc_input
 from .pooling import probe_grid
 from .probe import probe_tables
@@ -103,8 +103,8 @@ def compare(wrapper: SpotExport, session: ort.InferenceSession, batches: dict[st
         with torch.no_grad():
             expected = [t.numpy() for t in wrapper(x)]
         got = session.run(OUTPUTS, {"images": x.numpy()})
-        diffs = [float(np.abs(g - e).max()) for g, e in zip(got, expected)]
-        scaled = [d / max(1.0, float(np.abs(e).max())) for d, e in zip(diffs, expected)]
+        diffs = [float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=False)]
+        scaled = [d / max(1.0, float(np.abs(e).max())) for d, e in zip(diffs, expected, strict=False)]
         report[label] = {"max_abs_diff": max(diffs), "max_scaled_diff": max(scaled)}
     return report
 
@@ -168,6 +168,68 @@ def best_probe_layer(metrics: dict, train_data: str) -> tuple[str, str]:
     return best, f"the best top-1 of the {table} linear probe"
 
 
+def export_checked(wrapper: nn.Module, cfg: Config, onnx_path: Path) -> dict:
+    """Write the ONNX graph, check it, and compare ONNX Runtime with PyTorch on random and real batches."""
+    size = cfg.model.image_size
+    export_onnx(wrapper, size, onnx_path)
+    onnx.checker.check_model(onnx.load(str(onnx_path)), full_check=True)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(0)
+    batches = {
+        "random_batch1": torch.randn(1, 3, size, size, generator=gen) * 60,
+        "random_batch7": torch.randn(7, 3, size, size, generator=gen) * 60,
+        "real_images": real_batch(cfg),
+    }
+    check = compare(wrapper, session, batches)
+    if max(c["max_scaled_diff"] for c in check.values()) > TOLERANCE:
+        raise RuntimeError(f"ONNX Runtime differs from PyTorch beyond {TOLERANCE}: {check}")
+    return check
+
+
+@torch.no_grad()
+def graph_description(wrapper: nn.Module, cfg: Config, metrics: dict) -> dict:
+    """model.json's description of the graph: input, preprocessing, outputs, layers, pooling, mask grid."""
+    size = cfg.model.image_size
+    shapes = {n: list(t.shape[1:]) for n, t in zip(OUTPUTS, wrapper(torch.zeros(1, 3, size, size)), strict=True)}
+    descriptions = {
+        "real_logit": "real-vs-artifact logit; positive = real, sigmoid(-x) = artifact score",
+        "mask_logits": "drop-mask logits on the encoder grid; positive = kept (no artifact there)",
+    }
+    default_layer, default_layer_why = best_probe_layer(metrics, cfg.data.train)
+    return {
+        "input": {"name": "images", "shape": [None, 3, size, size], "dtype": "float32"},
+        "preprocessing": {
+            "input_size": size,
+            "color_order": "RGB",
+            "pixel_range": [0, 255],
+            "mean": list(IMAGENET_MEAN_255),
+            "std": [1.0, 1.0, 1.0],
+            "formula": "x = (pixel - mean) / std, pixel in 0..255, NCHW",
+            "crop_fraction": cfg.data.test_crop,
+            "interpolation": "bilinear",
+        },
+        "outputs": [
+            {"name": n, "shape": [None, *shapes[n]], "description": descriptions.get(n, f"{n} feature map after ReLU")}
+            for n in OUTPUTS
+        ],
+        "layers": LAYERS,
+        "default_layer": default_layer,
+        "default_layer_reason": default_layer_why,
+        "feature_info": [
+            {"name": f.name, "channels": f.channels, "reduction": f.reduction} for f in wrapper.disc.feature_info
+        ],
+        "probe_pooling": {
+            n: {
+                "kind": "adaptive_avg",
+                "grid": (g := probe_grid(shapes[n][0], shapes[n][-1])),
+                "dims": shapes[n][0] * g * g,
+            }
+            for n in LAYERS
+        },
+        "mask_grid": shapes["mask_logits"][-1],
+    }
+
+
 def export(
     ckpt_path: Path,
     out_dir: Path,
@@ -192,65 +254,14 @@ def export(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
-    size = cfg.model.image_size
-    export_onnx(wrapper, size, onnx_path)
-    model = onnx.load(str(onnx_path))
-    onnx.checker.check_model(model, full_check=True)
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    gen = torch.Generator().manual_seed(0)
-    batches = {
-        "random_batch1": torch.randn(1, 3, size, size, generator=gen) * 60,
-        "random_batch7": torch.randn(7, 3, size, size, generator=gen) * 60,
-        "real_images": real_batch(cfg),
-    }
-    check = compare(wrapper, session, batches)
-    if max(c["max_scaled_diff"] for c in check.values()) > TOLERANCE:
-        raise RuntimeError(f"ONNX Runtime differs from PyTorch beyond {TOLERANCE}: {check}")
-
-    with torch.no_grad():
-        shapes = {n: list(t.shape[1:]) for n, t in zip(OUTPUTS, wrapper(batches["random_batch1"]))}
-    descriptions = {
-        "real_logit": "real-vs-artifact logit; positive = real, sigmoid(-x) = artifact score",
-        "mask_logits": "drop-mask logits on the encoder grid; positive = kept (no artifact there)",
-    }
-    outputs = [
-        {"name": n, "shape": [None, *shapes[n]], "description": descriptions.get(n, f"{n} feature map after ReLU")}
-        for n in OUTPUTS
-    ]
-    metrics = metrics or {}
-    default_layer, default_layer_why = best_probe_layer(metrics, cfg.data.train)
+    check = export_checked(wrapper, cfg, onnx_path)
     meta = {
         "name": name or out_dir.name,
         "version": version,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "format": "onnx",
         "opset": OPSET,
-        "input": {"name": "images", "shape": [None, 3, size, size], "dtype": "float32"},
-        "preprocessing": {
-            "input_size": size,
-            "color_order": "RGB",
-            "pixel_range": [0, 255],
-            "mean": list(IMAGENET_MEAN_255),
-            "std": [1.0, 1.0, 1.0],
-            "formula": "x = (pixel - mean) / std, pixel in 0..255, NCHW",
-            "crop_fraction": cfg.data.test_crop,
-            "interpolation": "bilinear",
-        },
-        "outputs": outputs,
-        "layers": LAYERS,
-        "default_layer": default_layer,
-        "default_layer_reason": default_layer_why,
-        "feature_info": [{"name": f.name, "channels": f.channels, "reduction": f.reduction} for f in disc.feature_info],
-        "probe_pooling": {
-            n: {
-                "kind": "adaptive_avg",
-                "grid": (g := probe_grid(shapes[n][0], shapes[n][-1])),
-                "dims": shapes[n][0] * g * g,
-            }
-            for n in LAYERS
-        },
-        "mask_grid": shapes["mask_logits"][-1],
+        **graph_description(wrapper, cfg, metrics or {}),
         "spot_threshold": threshold,
         "sha256": file_sha256(onnx_path),
         "size_bytes": onnx_path.stat().st_size,
@@ -267,8 +278,9 @@ def export(
         "features_from": (
             provenance(features_from, features_cfg, features_state, features_command) if features_from else None
         ),
-        "metrics": metrics,
+        "metrics": metrics or {},
     }
+    ModelSpec.from_dict(meta)  # the contract the service reads it by: a bad field fails here, not there
     (out_dir / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     (out_dir / "MODEL_CARD.md").write_text(render(meta))
     log.info("exported %s (%d bytes), export check %s", onnx_path, meta["size_bytes"], check)

@@ -58,7 +58,9 @@ class AutoEncoder(nn.Module):
             prev = c
         self.encoder = nn.Sequential(*enc)
         ups = list(reversed([stem, *channels[:-1]]))  # 512 -> 256 -> 128 -> 64 -> 32
-        self.decoder_levels = nn.ModuleList(UpConv(c_in, c_out) for c_in, c_out in zip(reversed(channels), ups))
+        self.decoder_levels = nn.ModuleList(
+            UpConv(c_in, c_out) for c_in, c_out in zip(reversed(channels), ups, strict=False)
+        )
         self.to_rgb = nn.Conv2d(stem, 3, 3, padding=1)
         self.channels_per_level = [channels[-1], *ups]  # what each repair block sees
 
@@ -97,7 +99,7 @@ class RepairNet(nn.Module):
 
     def forward(self, ae: AutoEncoder, z: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         h = self.blocks[0](z, keep)
-        for level, block in zip(ae.decoder_levels, self.blocks[1:]):
+        for level, block in zip(ae.decoder_levels, self.blocks[1:], strict=False):
             h = level(h)
             keep = F.interpolate(keep, size=h.shape[-2:], mode="nearest")  # U_{i-1}
             h = block(h, keep)

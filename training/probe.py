@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from contract.spec import ModelSpec
+
 from .config import Config
 from .data import ImageArrayDataset, eval_transform, load_images
 from .networks import Discriminator, to_disc_input
@@ -71,7 +73,7 @@ def reestimate_batchnorm(disc: Discriminator, dataset, images: int = BN_IMAGES, 
         for m in norms:
             m.momentum = 1.0 / k
         disc(to_disc_input(batch))
-    for m, momentum in zip(norms, momenta):
+    for m, momentum in zip(norms, momenta, strict=False):
         m.momentum = momentum
     disc.eval()
     return len(norms)
@@ -79,10 +81,12 @@ def reestimate_batchnorm(disc: Discriminator, dataset, images: int = BN_IMAGES, 
 
 def onnx_features(model_dir: Path) -> FeatureFn:
     """The exported model run by ONNX Runtime: the probe then measures exactly what the service serves."""
-    from service.model import ExportedModel
+    import onnxruntime as ort
 
-    model = ExportedModel(model_dir, "cpu")
-    return lambda images: [torch.from_numpy(a) for a in model.run(to_disc_input(images).numpy(), LAYERS).values()]
+    spec = ModelSpec.read(model_dir)
+    spec.verify(model_dir / "model.onnx")
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    return lambda images: [torch.from_numpy(a) for a in session.run(LAYERS, {"images": to_disc_input(images).numpy()})]
 
 
 @torch.no_grad()
@@ -91,7 +95,7 @@ def extract(features: FeatureFn, dataset, batch_size: int = 256, desc: str = "fe
     feats: dict[str, list[np.ndarray]] = {n: [] for n in LAYERS}
     labels = []
     for images, y in tqdm(DataLoader(dataset, batch_size=batch_size), desc=desc, leave=False):
-        for name, f in zip(LAYERS, features(images)):
+        for name, f in zip(LAYERS, features(images), strict=False):
             g = probe_grid(f.shape[1], f.shape[-1])
             feats[name].append(F.adaptive_avg_pool2d(f, g).flatten(1).half().numpy())
         labels.append(y.numpy())
@@ -100,7 +104,7 @@ def extract(features: FeatureFn, dataset, batch_size: int = 256, desc: str = "fe
 
 def lr_at(progress: float, base: float) -> float:
     factor = LR_FACTORS[0]
-    for point, f in zip(LR_POINTS, LR_FACTORS):
+    for point, f in zip(LR_POINTS, LR_FACTORS, strict=False):
         if progress >= point:
             factor = f
     return base * factor
@@ -208,6 +212,20 @@ def probe(
 def probe_summary(result: dict) -> dict:
     """The flat metrics a model card carries: probe_top1/<test set>/<layer>."""
     return {f"probe_top1/{result['test']}/{layer}": round(v, 4) for layer, v in result["top1"].items()}
+
+
+def gap_summary(ours: list[dict], references: list[dict]) -> dict[str, float]:
+    """probe_gap_closed/<test set>: the mean over conv2..conv5 of the supervised gap our probes close, for
+    each test set with a probe of ours, of a random init (model "random:...") and of a supervised trunk."""
+    out = {}
+    for report in ours:
+        same = [r for r in references if r["test"] == report["test"]]
+        random = next((r for r in same if r["model"].startswith("random:")), None)
+        supervised = next((r for r in same if not r["model"].startswith("random:")), None)
+        if random and supervised:
+            gap = gap_closed(report["top1"], random["top1"], supervised["top1"])["mean_conv2_conv5"]
+            out[f"probe_gap_closed/{report['test']}"] = round(gap, 4)
+    return out
 
 
 def probe_tables(metrics: dict) -> dict[str, dict[str, float]]:

@@ -73,12 +73,15 @@ def recover(model_dir: Path, out: Path, images: np.ndarray | None = None) -> dic
     disc.load_state_dict(discriminator_state(model, disc.state_dict()))
     disc.eval()
     session = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), providers=["CPUExecutionProvider"])
-    got = dict(zip(["real_logit", "mask_logits"], session.run(["real_logit", "mask_logits"], {"images": images})))
+    got = dict(
+        zip(["real_logit", "mask_logits"], session.run(["real_logit", "mask_logits"], {"images": images}), strict=False)
+    )
     with torch.no_grad():
         logits, mask_logits = disc(torch.from_numpy(images))
     mine = {"real_logit": (logits[:, 1] - logits[:, 0]).numpy(), "mask_logits": mask_logits.numpy()}
     check = {
-        k: float(np.abs(mine[k] - got[k]).max() / max(1.0, float(np.abs(got[k]).max()))) for k in ("real_logit", "mask_logits")
+        k: float(np.abs(mine[k] - got[k]).max() / max(1.0, float(np.abs(got[k]).max())))
+        for k in ("real_logit", "mask_logits")
     }
     if max(check.values()) > TOLERANCE:
         raise RuntimeError(f"the rebuilt discriminator differs from {model_dir}'s graph beyond {TOLERANCE}: {check}")

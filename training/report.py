@@ -115,8 +115,8 @@ for _data, _d in EQUAL_DATA:
 def pretext_curve(run_dir: Path) -> dict:
     """A run's held-out pretext accuracy at every logged step: {stage: {"chance", "points": [[step, acc]]}}."""
     from .config import Config
+    from .heldout import pretext_accuracy
     from .log import read_metrics
-    from .loop import pretext_accuracy
 
     cfg = Config.from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
     curves: dict[str, dict] = {}
@@ -134,7 +134,7 @@ def pretext_plot(curves: dict[str, dict], path: Path) -> list[str]:
     lines = ["| run | stage | chance | steps logged | first | last | best |", "|---|---|---|---|---|---|---|"]
     for name, report in curves.items():
         for stage, curve in report["curves"].items():
-            steps, accs = zip(*curve["points"])
+            steps, accs = zip(*curve["points"], strict=False)
             (line,) = ax.plot(steps, accs, label=f"{name} ({stage})")
             ax.axhline(curve["chance"], color=line.get_color(), linestyle=":", linewidth=1)
             lines.append(
@@ -205,7 +205,10 @@ def probe_table(results: Path, random: str, supervised: str, rows: list[tuple[st
         mean = ""
         if label in ends and "random" in top1 and "supervised" in top1:
             gap = gap_closed(top1[label], top1["random"], top1["supervised"])
-            cells = [f"{c} ({gap['per_layer'][n]:.2f})" if n in gap["per_layer"] else c for c, n in zip(cells, LAYERS)]
+            cells = [
+                f"{c} ({gap['per_layer'][n]:.2f})" if n in gap["per_layer"] else c
+                for c, n in zip(cells, LAYERS, strict=False)
+            ]
             mean = f"**{gap['mean_conv2_conv5']:.3f}**"
         lines.append(f"| {label} (`probe-{names[label]}.json`) | " + " | ".join(cells) + f" | {mean} |")
     missing = [names[label] for label, r in runs.items() if not r]
@@ -266,7 +269,7 @@ def spot_tables(reports: dict[str, dict], plot: Path) -> list[str]:
         rates = [p["drop_rate"] for p in r["pairs"]]
         axes[0].plot(rates, [p["roc_auc"] for p in r["pairs"]], "o-", label=name)
         axes[1].plot(rates, [p["mask_ap"] for p in r["pairs"]], "o-", label=name)
-    for ax, title in zip(axes, ("real vs repaired ROC-AUC", "mask AP (dropped cells)")):
+    for ax, title in zip(axes, ("real vs repaired ROC-AUC", "mask AP (dropped cells)"), strict=False):
         ax.set_xlabel("drop rate")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
@@ -294,7 +297,9 @@ def write_report(results: Path, out: Path) -> str:
         if top1:
             bar_plot(top1, title, results / plot)
             md += [f"![{title}]({os.path.relpath(results / plot, out.parent)})", ""]
-    curves = {p.stem.removeprefix("pretext-"): json.loads(p.read_text()) for p in sorted(results.glob("pretext-*.json"))}
+    curves = {
+        p.stem.removeprefix("pretext-"): json.loads(p.read_text()) for p in sorted(results.glob("pretext-*.json"))
+    }
     if curves:
         plot = results / "pretext-accuracy.png"
         md += [

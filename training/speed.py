@@ -12,9 +12,10 @@ import torch
 
 from . import dist
 from .config import Config
-from .loop import backward_each, make_optimizer, set_phase
-from .steps import STEPS
 from .networks import build_networks
+from .optim import backward_each, make_optimizer
+from .stages import set_phase
+from .steps import STEPS
 
 VARIANTS = {
     "fp32_eager": {"amp": "none", "channels_last": False},

@@ -19,13 +19,13 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.utils.data import DataLoader
 
-from service.images import to_rgb
-from service.preprocess import tiles
+from contract.images import to_rgb
+from contract.views import tiles
 
 from . import checkpoint
 from .data import IMAGE_SUFFIXES, ImageArrayDataset, eval_transform, load_images
-from .steps import disc_size, make_pair
 from .networks import to_disc_input
+from .steps import disc_size, make_pair
 
 THRESHOLD = 0.5
 
@@ -35,7 +35,7 @@ def artifact_probability(disc, images: torch.Tensor) -> tuple[np.ndarray, np.nda
     """[-1, 1] images -> (artifact probability per image, drop probability per mask location)."""
     logits, mask_logits = disc(to_disc_input(images))
     real_logit = (logits[:, 1] - logits[:, 0]).float()
-    return torch.sigmoid(-real_logit).numpy(), torch.sigmoid(-mask_logits.float()).numpy()
+    return torch.sigmoid(-real_logit).cpu().numpy(), torch.sigmoid(-mask_logits.float()).cpu().numpy()
 
 
 def detection_metrics(p_real: np.ndarray, p_fake: np.ndarray, threshold: float = THRESHOLD) -> dict:
@@ -51,24 +51,37 @@ def detection_metrics(p_real: np.ndarray, p_fake: np.ndarray, threshold: float =
 
 
 @torch.no_grad()
+def pair_scores(nets: dict, cfg, batches, generator: torch.Generator) -> dict[str, np.ndarray]:
+    """The one scorer of spotting, in training and after it. Per batch, a real/repaired pair at
+    `cfg.train.drop_rate` (masks drawn from `generator`), scored in one forward with the raw images:
+    artifact probabilities of `real`, `fake` and `raw`, and the fakes' drop probabilities (`drop_p`)
+    against the locations truly dropped (`dropped`)."""
+    found: dict[str, list[np.ndarray]] = {"real": [], "fake": [], "raw": [], "drop_p": [], "dropped": []}
+    for images, _ in batches:
+        n = len(images)
+        real, fake, keep = make_pair(nets, images, cfg, generator)
+        p, mask_p = artifact_probability(nets["disc"], disc_size(torch.cat([real, fake, images]), cfg))
+        found["real"].append(p[:n])
+        found["fake"].append(p[n : 2 * n])
+        found["raw"].append(p[2 * n :])
+        found["drop_p"].append(mask_p[n : 2 * n].ravel())
+        found["dropped"].append((1 - keep).cpu().numpy().ravel())
+    return {k: np.concatenate(v) for k, v in found.items()}
+
+
+def mask_ap(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """Average precision of the predicted drop-mask ({} when nothing, or everything, was dropped)."""
+    dropped = scores["dropped"]
+    if not 0 < dropped.sum() < len(dropped):
+        return {}
+    return {"mask_ap": float(average_precision_score(dropped, scores["drop_p"]))}
+
+
 def score_pairs(nets: dict, cfg, batches, drop_rate: float, seed: int = 0) -> dict:
     cfg = copy.deepcopy(cfg)
     cfg.train.drop_rate = drop_rate
-    gen = torch.Generator().manual_seed(seed)
-    p_real, p_fake, drop_p, drop_t = [], [], [], []
-    for images, _ in batches:
-        real, fake, keep = make_pair(nets, images, cfg, gen)
-        pr, _ = artifact_probability(nets["disc"], disc_size(real, cfg))
-        pf, mask_p = artifact_probability(nets["disc"], disc_size(fake, cfg))
-        p_real.append(pr)
-        p_fake.append(pf)
-        drop_p.append(mask_p.ravel())
-        drop_t.append((1 - keep).numpy().ravel())
-    out = {"drop_rate": drop_rate, **detection_metrics(np.concatenate(p_real), np.concatenate(p_fake))}
-    targets = np.concatenate(drop_t)
-    if 0 < targets.sum() < len(targets):
-        out["mask_ap"] = float(average_precision_score(targets, np.concatenate(drop_p)))
-    return out
+    scores = pair_scores(nets, cfg, batches, torch.Generator().manual_seed(seed))
+    return {"drop_rate": drop_rate, **detection_metrics(scores["real"], scores["fake"]), **mask_ap(scores)}
 
 
 def photo_false_alarms(disc, folder: Path, size: int, threshold: float = THRESHOLD) -> dict:

@@ -126,7 +126,13 @@ def supervised_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg:
     }
 
 
-STEPS = {"ae": ae_step, "spot": spot_step, "supervised": supervised_step, "detect": spot_step, "rotation": rotation_step}
+STEPS = {
+    "ae": ae_step,
+    "spot": spot_step,
+    "supervised": supervised_step,
+    "detect": spot_step,
+    "rotation": rotation_step,
+}
 
 
 def psnr_db(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

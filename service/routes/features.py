@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from contract.views import centre_view
+
 from ..answers import FeaturesAnswer
 from ..features import encode, normalize, pool
 from ..images import to_array
-from ..preprocess import centre_view
 from ..requests import FeatureOptions, documented, merged_options, query_options, read_images
 from ..runtime import Work
 from . import json_answer, pixels, runtime_of

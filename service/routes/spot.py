@@ -8,11 +8,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from PIL import Image
 
+from contract.views import analysis_size, tile_count, tiles
+
 from .. import spot
 from ..answers import SpotAnswer
 from ..images import to_array
 from ..model import HEAD_OUTPUTS, ExportedModel
-from ..preprocess import analysis_size, tile_count, tiles
 from ..requests import SpotOptions, documented, merged_options, query_options, read_images
 from ..runtime import Runtime, ServiceError, Work
 from . import json_answer, pixels, runtime_of
@@ -87,7 +88,7 @@ async def spot_route(request: Request) -> Response:
     answer = await runtime.infer("/spot", prepare)
     per_image, heatmap, work = answer.work.context
     settings = runtime.settings
-    threshold = float(model.meta.get("spot_threshold", 0.5)) if settings.threshold is None else settings.threshold
+    threshold = model.spec.spot_threshold if settings.threshold is None else settings.threshold
 
     def built() -> Response:
         results = spot.results(per_image, answer.outputs, heatmap, model.size, model.grid)

@@ -16,7 +16,7 @@ from service.config import Settings
 from ..conftest import REPO
 from .conftest import run_tool
 
-RUFF_PATHS = ["service", "tests/serve"]  # training/ is not held to it yet
+RUFF_PATHS = ["contract", "service", "training", "tests"]
 MAX_FUNCTION_LINES, MAX_MODULE_LINES = 80, 450
 DOCKERFILES = sorted(str(p.relative_to(REPO)) for p in (REPO / "docker").glob("Dockerfile*"))
 SCRIPTS = sorted(str(p.relative_to(REPO)) for p in (REPO / "docker").glob("*.sh"))
@@ -149,8 +149,8 @@ def test_compose_build_bases_default_to_the_dockerfiles_pins():
         assert default == pinned, f"{service}: compose builds on {default}, the Dockerfile pins {pinned}"
 
 
-def test_ruff_finds_nothing_in_the_service_and_its_tests():
-    """pyproject's [tool.ruff] rules; `ruff check --fix service tests/serve` mends most findings."""
+def test_ruff_finds_nothing_in_the_code_and_its_tests():
+    """pyproject's [tool.ruff] rules; `ruff check --fix contract service training tests` mends most findings."""
     assert_clean(run_tool("ruff", "check", "--no-cache", *RUFF_PATHS))
 
 
@@ -173,9 +173,10 @@ def oversized(path) -> list[str]:
     return found
 
 
-def test_service_functions_and_modules_stay_small():
-    modules = sorted([*(REPO / "service").glob("*.py"), *(REPO / "service" / "routes").glob("*.py")])
-    assert len(modules) > 10
+def test_functions_and_modules_stay_small():
+    folders = ["contract", "service", "service/routes", "training"]
+    modules = sorted(p for folder in folders for p in (REPO / folder).glob("*.py"))
+    assert len(modules) > 40
     found = [problem for module in modules for problem in oversized(module)]
     assert not found, f"split these (functions <= {MAX_FUNCTION_LINES} lines, modules <= {MAX_MODULE_LINES}): {found}"
 
@@ -184,3 +185,34 @@ def test_the_size_check_catches_a_long_function(tmp_path):
     long = tmp_path / "long.py"
     long.write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
     assert oversized(long) == [f"long.py:1 f(): {MAX_FUNCTION_LINES + 1} lines"]
+
+
+def imported_packages(path) -> set[str]:
+    """The top-level packages a module imports (relative imports stay inside its own package: not counted)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize(
+    "package, forbidden",
+    [("training", {"service"}), ("service", {"training", "torch"}), ("contract", {"service", "training", "torch"})],
+)
+def test_training_and_the_service_meet_only_in_the_contract(package, forbidden):
+    """Training writes model folders and the service reads them through contract/ alone: neither imports the other."""
+    found = {
+        f"{path.relative_to(REPO)} imports {name}"
+        for path in (REPO / package).rglob("*.py")
+        for name in imported_packages(path) & forbidden
+    }
+    assert not found, sorted(found)
+
+
+def test_the_import_check_sees_a_lazy_import(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from service.model import ExportedModel\n    from .local import x\n")
+    assert imported_packages(module) == {"service"}

@@ -15,7 +15,7 @@ from PIL import Image
 
 from service.client import ServerError, SpotClient
 
-from .test_api import PHOTO, _truncated_jpeg, png_bytes
+from .helpers import PHOTO, png_bytes, truncated_jpeg
 from .test_soak import statuses
 
 
@@ -57,7 +57,7 @@ def test_a_failing_image_is_named_and_nothing_else_is_lost(server):
     good = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
     with SpotClient(server.url) as c:
         with pytest.raises(ServerError) as failed:
-            c.features([good, _truncated_jpeg(), good])
+            c.features([good, truncated_jpeg(), good])
         assert failed.value.status == 400 and "1 of 3 images failed: image 1 (image1)" in str(failed.value)
         with pytest.raises(ServerError) as unknown:  # the same for every request: raised at once
             c.features([good], layers=["conv9"])
@@ -106,7 +106,7 @@ def test_evaluate_reports_cnndetections_figures_for_labelled_folders(server, tmp
         Image.fromarray(rgb).save(folder / f"{k}.png")
         labels[folder / f"{k}.png"] = altered
     (tmp_path / "gen_a" / "notes.png").write_bytes(png_bytes(Image.new("RGB", (64, 64))))  # no label
-    (tmp_path / "gen_b" / "cat" / "1_fake" / "broken.jpg").write_bytes(_truncated_jpeg())
+    (tmp_path / "gen_b" / "cat" / "1_fake" / "broken.jpg").write_bytes(truncated_jpeg())
     cmd = [sys.executable, "-m", "service.client", "evaluate", str(tmp_path / "gen_a"), str(tmp_path / "gen_b")]
     out = tmp_path / "out"
     r = subprocess.run(

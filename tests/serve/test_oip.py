@@ -13,9 +13,9 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from contract.views import centre_view
 from service.images import decode
 from service.model import ExportedModel
-from service.preprocess import centre_view
 
 from ..conftest import DATA
 

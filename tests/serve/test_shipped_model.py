@@ -104,17 +104,17 @@ def test_raw_photographs_are_not_flagged_as_altered(data_root):
         assert item["artifact_score"] < body["threshold"], item["name"]
 
 
-def test_the_readme_snippet_gives_the_services_features(data_root, monkeypatch):
-    """README's "Without the server" block, run as written (on two real photos, one of them not square), gives
+def test_the_documented_snippet_gives_the_services_features(data_root, monkeypatch):
+    """docs/service.md's "Without the server" block, run as written (on two real photos, one of them not square), gives
     what /features returns for them: the documented preprocessing is the service's."""
-    readme = (REPO / "README.md").read_text()
-    code = re.search(r"\*\*Without the server\.\*\*.*?```python\n(.*?)```", readme, re.S).group(1)
+    reference = (REPO / "docs" / "service.md").read_text()
+    code = re.search(r"\*\*Without the server\.\*\*.*?```python\n(.*?)```", reference, re.S).group(1)
     photos = [data_root / "photos" / "sklearn" / "china.jpg", data_root / "photos" / "sklearn" / "flower.jpg"]
     assert '["photo.jpg", "other.jpg"]' in code
     code = code.replace('["photo.jpg", "other.jpg"]', repr([str(p) for p in photos]))
     monkeypatch.chdir(REPO)
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/service.md", "exec"), namespace)
     s = Server(model_dir=SHIPPED)
     try:
         files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]

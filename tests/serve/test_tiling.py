@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from service.preprocess import analysis_size, tile_count, tile_positions, tiles, tiles_along
+from contract.views import analysis_size, tile_count, tile_positions, tiles, tiles_along
 from service.spot import assemble, heatmap
 
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from training.config import load_config
-from training.data import ImageArrayDataset, ResumableSampler, load_images, eval_transform, to_rgb, train_transform
+from training.data import ImageArrayDataset, ResumableSampler, eval_transform, load_images, to_rgb, train_transform
 
 
 def test_lossless_cifar_sample_loads_with_labels(data_root, cache_dir):
@@ -67,7 +67,7 @@ def test_transforms_give_the_model_size_in_minus_one_to_one(data_root, cache_dir
     for transform in (train_transform(cfg.data, 64), eval_transform(cfg.data, 64)):
         x, label = ImageArrayDataset(data, transform)[3]
         assert x.shape == (3, 64, 64) and x.dtype == torch.float32
-        assert -1.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.05
+        assert x.min() >= -1.0 and x.max() <= 1.0 and x.std() > 0.05
     a, _ = ImageArrayDataset(data, eval_transform(cfg.data, 64))[3]
     b, _ = ImageArrayDataset(data, eval_transform(cfg.data, 64))[3]
     assert torch.equal(a, b)  # the test transform is deterministic

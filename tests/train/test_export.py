@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.model import file_sha256
-from training.export import OUTPUTS, SpotExport, best_probe_layer, load_discriminator, real_batch
+from contract.spec import file_sha256
+from training.export import LAYERS, OUTPUTS, SpotExport, best_probe_layer, load_discriminator, real_batch
 from training.probe import probe_summary, probe_tables
 
 from ..conftest import REPO, perturbed_copy, run_cli
@@ -22,8 +22,8 @@ from ..conftest import REPO, perturbed_copy, run_cli
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, cache_dir, data_root):
     root = tmp_path_factory.mktemp("export")
-    cmd = [sys.executable, "-m", "training", "train", "--preset", "tiny", "--run-dir", str(root / "run"), "--no-progress",
-           "--ae_steps=10", "--spot_steps=10", "--log_every=5"]  # fmt: skip
+    cmd = [sys.executable, "-m", "training", "train", "--preset", "tiny", "--run-dir", str(root / "run"),
+           "--no-progress", "--ae_steps=10", "--spot_steps=10", "--log_every=5"]  # fmt: skip
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     result = run_cli("export", "--checkpoint", str(root / "run" / "checkpoint.pt"), "--out", str(root / "spot-tiny"))
@@ -73,7 +73,7 @@ def test_onnx_runtime_matches_pytorch(exported, batch, data_root):
         with torch.no_grad():
             expected = [t.numpy() for t in SpotExport(disc)(x)]
         got = session.run(OUTPUTS, {"images": x.numpy()})
-        for name, g, e in zip(OUTPUTS, got, expected):
+        for name, g, e in zip(OUTPUTS, got, expected, strict=False):
             assert g.shape == e.shape and g.shape[0] == batch
             assert np.abs(g - e).max() <= 1e-4 * max(1.0, np.abs(e).max()), name  # relative for big features
             if name in ("real_logit", "mask_logits"):
@@ -104,6 +104,27 @@ def test_evaluation_metrics_reach_model_json_and_the_card(exported, tmp_path):
     for name, value in meta["metrics"].items():
         assert f"| {name} | {value} |" in card
     assert meta["default_layer"] == "conv5" and "`/features` returns `conv5`" in card
+
+
+def test_reference_probes_add_the_gap_closed_per_test_set(exported, tmp_path):
+    def probe_file(name, model, test, top1):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"model": model, "test": test, "top1": dict(zip(LAYERS, top1, strict=True))}))
+        return str(path)
+
+    ours = probe_file("ours", "checkpoint:x", "tiny-imagenet:val", [0.10, 0.20, 0.20, 0.20, 0.20])
+    random = probe_file("random", "random:tiny", "tiny-imagenet:val", [0.10, 0.10, 0.10, 0.10, 0.10])
+    supervised = probe_file("sup", "checkpoint:s", "tiny-imagenet:val", [0.10, 0.30, 0.20, 0.50, 0.30])
+    other = probe_file("c10", "checkpoint:x", "cifar10:test", [0.5] * 5)  # no references for it: no gap
+    ckpt = exported / "run" / "checkpoint.pt"
+    result = run_cli("export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m"), "--metrics", ours, other,
+                     "--reference-probes", random, supervised)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    # conv2..conv5: (0.2-0.1)/(0.3-0.1) = 0.5, 1.0, 0.25, 0.5 -> 0.5625
+    assert meta["metrics"]["probe_gap_closed/tiny-imagenet:val"] == 0.5625
+    assert not any(k.startswith("probe_gap_closed/cifar10") for k in meta["metrics"])
+    assert "| probe_gap_closed/tiny-imagenet:val | 0.5625 |" in (tmp_path / "m" / "MODEL_CARD.md").read_text()
 
 
 def test_the_default_layer_is_the_best_probe_layer_on_the_models_own_data():
@@ -212,9 +233,11 @@ def test_features_from_another_checkpoint_beside_the_heads(exported, tmp_path):
     features_disc, _, _ = load_discriminator(tmp_path / "other" / "checkpoint.pt")
     x = real_batch(cfg, 8)
     with torch.no_grad():
-        heads = dict(zip(OUTPUTS, [t.numpy() for t in SpotExport(heads_disc)(x)]))
-        features = dict(zip(OUTPUTS, [t.numpy() for t in SpotExport(features_disc)(x)]))
-    got = dict(zip(OUTPUTS, ort.InferenceSession(str(out / "model.onnx")).run(OUTPUTS, {"images": x.numpy()})))
+        heads = dict(zip(OUTPUTS, [t.numpy() for t in SpotExport(heads_disc)(x)], strict=False))
+        features = dict(zip(OUTPUTS, [t.numpy() for t in SpotExport(features_disc)(x)], strict=False))
+    got = dict(
+        zip(OUTPUTS, ort.InferenceSession(str(out / "model.onnx")).run(OUTPUTS, {"images": x.numpy()}), strict=False)
+    )
     for name in OUTPUTS:
         expected = heads[name] if name in HEAD_OUTPUTS else features[name]
         other = features[name] if name in HEAD_OUTPUTS else heads[name]
@@ -242,8 +265,11 @@ def test_recover_rebuilds_the_exported_discriminator(exported, tmp_path):
     result = run_cli("export", "--checkpoint", str(tmp_path / "recovered.pt"), "--out", str(tmp_path / "again"))
     assert result.returncode == 0, result.stderr[-3000:]
     images = np.random.default_rng(0).normal(0, 60, (5, 3, 32, 32)).astype(np.float32)
-    before, after = (ort.InferenceSession(str(f / "model.onnx")).run(None, {"images": images}) for f in (original, tmp_path / "again"))
-    for a, b in zip(before, after):
+    before, after = (
+        ort.InferenceSession(str(f / "model.onnx")).run(None, {"images": images})
+        for f in (original, tmp_path / "again")
+    )
+    for a, b in zip(before, after, strict=False):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(a).max())))
     meta = json.loads((tmp_path / "again" / "model.json").read_text())
     old = json.loads((original / "model.json").read_text())

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from training.config import load_config
-from training.loop import backward_each, make_optimizer, set_phase, trainable
-from training.steps import STEPS, spot_step
 from training.losses import autoencoder_loss, discriminator_loss, masked_mse, repair_loss
 from training.networks import build_networks
+from training.optim import backward_each, make_optimizer
+from training.stages import set_phase, trainable
+from training.steps import STEPS, spot_step
 
 
 def test_masked_mse_averages_over_weighted_entries_only():
@@ -33,7 +34,8 @@ def test_loss_weights_are_the_papers():
 
 
 @pytest.mark.parametrize(
-    "stage, extra", [("ae", []), ("spot", []), ("supervised", []), ("rotation", []), ("spot", ["--rotation_weight=0.5"])]
+    "stage, extra",
+    [("ae", []), ("spot", []), ("supervised", []), ("rotation", []), ("spot", ["--rotation_weight=0.5"])],
 )
 def test_each_phase_updates_only_its_own_networks(stage, extra, real_batch):
     cfg = load_config("tiny", ["--num_classes=10", *extra])

@@ -34,7 +34,7 @@ def test_feature_info_matches_intermediates(preset):
     x = torch.randn(1, 3, cfg.image_size, cfg.image_size)
     feats = disc.forward_intermediates(x)
     assert len(feats) == len(disc.feature_info) == 5
-    for f, info in zip(feats, disc.feature_info):
+    for f, info in zip(feats, disc.feature_info, strict=False):
         assert f.shape[1] == info.channels
         assert f.shape[-1] == -(-cfg.image_size // info.reduction)  # SAME padding: ceil(size / reduction)
         assert (f >= 0).all()  # after ReLU

@@ -8,9 +8,10 @@ import torch
 
 from training.config import load_config
 from training.data import ImageArrayDataset, eval_transform, load_images
-from training.loop import backward_each, make_optimizer, set_phase, trainable
 from training.networks import build_networks, to_disc_input
+from training.optim import backward_each, make_optimizer
 from training.probe import reestimate_batchnorm
+from training.stages import set_phase, trainable
 from training.steps import STEPS, rotated
 
 from ..conftest import run_cli
@@ -106,7 +107,14 @@ def test_reestimated_batchnorm_holds_the_probe_images_statistics(data_root, cach
 
 def test_an_exported_model_cannot_have_its_batchnorm_reestimated(cache_dir):
     result = run_cli(
-        "probe", "--model", "models/spot-tiny64", "--batchnorm", "probe-data",
-        "--train-data", "cifar10-sample", "--test-data", "cifar10-sample",
+        "probe",
+        "--model",
+        "models/spot-tiny64",
+        "--batchnorm",
+        "probe-data",
+        "--train-data",
+        "cifar10-sample",
+        "--test-data",
+        "cifar10-sample",
     )
     assert result.returncode == 2 and "folded" in result.stderr

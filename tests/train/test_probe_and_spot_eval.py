@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from contract.views import tiles
 from training.config import load_config
 from training.networks import build_networks
 from training.probe import ProbeSchedule, gap_closed, lr_at, probe, torch_features
-from service.preprocess import tiles
 from training.spot_eval import detection_metrics
 
 

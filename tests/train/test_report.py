@@ -7,7 +7,7 @@ from training.report import write_report
 
 def probe_file(folder, name, top1):
     (folder / f"probe-{name}.json").write_text(
-        json.dumps({"top1": dict(zip(["conv1", "conv2", "conv3", "conv4", "conv5"], top1))})
+        json.dumps({"top1": dict(zip(["conv1", "conv2", "conv3", "conv4", "conv5"], top1, strict=False))})
     )
 
 

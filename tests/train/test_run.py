@@ -331,7 +331,7 @@ def test_a_heads_only_detect_stage_leaves_the_features_as_they_were(tmp_path, un
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    from training.loop import HEADS
+    from training.stages import HEADS
 
     before = checkpoint.load(uninterrupted / "checkpoint.pt")["networks"]["disc"]
     after = checkpoint.load(run_dir / "checkpoint.pt")["networks"]["disc"]
