@@ -43,6 +43,8 @@ class DataConfig:
     saturation: float = 0.5  # factor in [0.5, 1.5]
     test_crop: float = 0.85  # central crop kept at test time
     num_workers: int = 2
+    edit_photos: str = ""  # stage "edits": comma-separated photo folders (under root unless absolute) to tile and edit
+    edit_val_photos: str = "photos/debian_mate_nature"  # its held-out photos, scored at every log interval
 
 
 @dataclass
@@ -56,6 +58,8 @@ class TrainConfig:
     detect_steps: int = 0  # stage "detect": the discriminator alone, against the final (frozen) repair net
     detect_heads_only: bool = False  # detect trains the heads alone: conv1..conv5 (the features) stay as they were
     rotation_steps: int = 0  # stage "rotation": the trunk classifies quarter-turns (RotNet), its own pretext row
+    edits_steps: int = 0  # stage "edits": the discriminator tells photo tiles from edited copies (training/edits.py)
+    edit_kinds: str = "all"  # which edits: "all", a comma-separated list, "-kind" leaves one out
     rotation_weight: float = 0.0  # > 0 in stage "spot": the combined variant, the game plus rotations of real images
     stop_at_chance_step: int = 0  # > 0: at the first log at or past this step, a stage whose held-out pretext
     chance_margin: float = 0.05  # accuracy is within chance_margin of chance stops the run (0 = never)

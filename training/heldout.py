@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .artifacts import damage, sample_keep_mask
 from .config import Config
 from .log import sample_grid
 from .networks import to_disc_input
-from .spot_eval import THRESHOLD, detection_metrics, mask_ap, pair_scores
+from .spot_eval import THRESHOLD, artifact_probability, detection_metrics, mask_ap, pair_scores
 from .stages import STAGES, chance
 from .steps import disc_size, psnr_db, rotation_logits
 
@@ -39,6 +40,8 @@ def evaluate(nets: dict, batches: Batches, cfg: Config, stage: str) -> dict[str,
     with eval_mode(nets):
         if stage == "supervised":
             return {"val/top1": top1(nets, batches)}
+        if stage == "edits":
+            return edit_detection(nets, batches)
         out = {}
         if stage == "rotation" or STAGES[stage].pairs and cfg.train.rotation_weight > 0:
             out["val/rotation_acc"] = rotation_accuracy(nets, batches, cfg)
@@ -75,6 +78,27 @@ def spotting(nets: dict, batches: Batches, cfg: Config) -> dict[str, float]:
         "val/acc_fake": found["fake_acc"],
         "val/spot_acc": (found["real_acc"] + found["fake_acc"]) / 2,  # balanced: the pretext accuracy
         "val/acc_raw": float((scores["raw"] <= THRESHOLD).mean()),  # raw images scored real
+        "val/auc": found["roc_auc"],
+        **{f"val/{k}": v for k, v in mask_ap(scores).items()},
+    }
+
+
+def edit_detection(nets: dict, batches: Batches) -> dict[str, float]:
+    """Held-out photo tiles against their edited copies: accuracies, ROC-AUC, and the drop-mask's AP."""
+    raw, edited, drop_p, dropped = [], [], [], []
+    for pairs, keep in batches:
+        p, mask_p = artifact_probability(nets["disc"], torch.cat([pairs[:, :3], pairs[:, 3:]]))
+        raw.append(p[: len(pairs)])
+        edited.append(p[len(pairs) :])
+        drop_p.append(mask_p[len(pairs) :].ravel())
+        dropped.append((1 - keep).cpu().numpy().ravel())
+    scores = {"real": np.concatenate(raw), "fake": np.concatenate(edited)}
+    scores |= {"drop_p": np.concatenate(drop_p), "dropped": np.concatenate(dropped)}
+    found = detection_metrics(scores["real"], scores["fake"])
+    return {
+        "val/acc_real": found["real_acc"],
+        "val/acc_fake": found["fake_acc"],
+        "val/edit_acc": (found["real_acc"] + found["fake_acc"]) / 2,
         "val/auc": found["roc_auc"],
         **{f"val/{k}": v for k, v in mask_ap(scores).items()},
     }

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from . import checkpoint, dist
 from .config import Config, dump
-from .data import ImageArrayDataset, ResumableSampler, eval_transform, load_images, train_transform
+from .data import ImageArrayDataset, ResumableSampler, default_data_root, eval_transform, load_images, train_transform
+from .edit_tiles import EditedTiles, load_photos, parse_kinds
 from .heldout import at_chance, evaluate, save_samples
 from .log import MetricLog, forget_records_after
 from .networks import build_networks
@@ -47,6 +48,8 @@ class Run:
     val_batches: list[tuple[torch.Tensor, torch.Tensor]]
     metric_log: MetricLog | None
     progress: bool
+    edit_set: EditedTiles | None = None  # stage "edits": photo tiles and edited copies, and held-out ones
+    edit_val_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def train(cfg: Config, run_dir: Path, progress: bool = True, state: dict | None = None) -> dict:
@@ -74,6 +77,8 @@ def train(cfg: Config, run_dir: Path, progress: bool = True, state: dict | None 
     nets = build_nets(cfg, state, info.device)
     metric_log = MetricLog(run_dir) if info.is_main else None
     run = Run(cfg, info, run_dir, training_set(cfg), heldout_batches(cfg, info), metric_log, progress)
+    if "edits" in stages:
+        run.edit_set, run.edit_val_batches = edit_sets(cfg, info)
     completed = list(state["completed"]) if state else []
     wall_time = state.get("wall_time", 0.0) if state else 0.0
     if state is not None:  # where the run stopped: mid-stage, or at the end of one and so before the next
@@ -170,6 +175,29 @@ def heldout_batches(cfg: Config, info: dist.DistInfo) -> list[tuple[torch.Tensor
     ]
 
 
+def edit_sets(cfg: Config, info: dist.DistInfo) -> tuple[EditedTiles, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Stage "edits": tiles of `data.edit_photos` with edited copies, and a fixed held-out set of
+    `eval_batches` batches from `data.edit_val_photos` (main process only)."""
+    if not cfg.data.edit_photos:
+        raise ValueError("the edits stage needs --data.edit_photos (comma-separated photo folders)")
+    root = Path(cfg.data.root or default_data_root())
+    size, kinds, grid = cfg.model.image_size, parse_kinds(cfg.train.edit_kinds), mask_grid(cfg)
+    train = EditedTiles(load_photos(cfg.data.edit_photos, root), size, grid, kinds, 400 * cfg.train.batch_size)
+    if not info.is_main:
+        return train, []
+    n = cfg.train.eval_batches * cfg.train.batch_size
+    val = EditedTiles(load_photos(cfg.data.edit_val_photos, root), size, grid, kinds, n, fixed=True)
+    return train, [(x.to(info.device), y.to(info.device)) for x, y in DataLoader(val, batch_size=cfg.train.batch_size)]
+
+
+def mask_grid(cfg: Config) -> int:
+    """The side of the discriminator's drop-mask grid for this model (its mask head's output)."""
+    disc = build_networks(cfg.model)["disc"].eval()
+    with torch.no_grad():
+        _, mask_logits = disc(torch.zeros(1, 3, cfg.model.image_size, cfg.model.image_size))
+    return mask_logits.shape[-1]
+
+
 def resume_random_state(state: dict, info: dist.DistInfo, seed: int) -> None:
     """The checkpoint holds the main process's random state, so one process continues exactly where it
     stopped. Under DDP the other processes reseed from their rank and the stopping point: they still draw
@@ -246,7 +274,9 @@ class StageRun:
             self.optimizer.load_state_dict(resume["optimizer"])
             self.step = resume["step"]
         where = (resume["epoch"], resume["position"]) if resume else (0, 0)
-        self.stream = BatchStream(run.train_set, cfg, info, *where)
+        dataset = run.edit_set if stage == "edits" else run.train_set
+        self.val_batches = run.edit_val_batches if stage == "edits" else run.val_batches
+        self.stream = BatchStream(dataset, cfg, info, *where)
         wrapped = {k: DDP(m) if info.distributed else m for k, m in nets.items() if k in self.trained}
         self.step_nets = {**nets, **wrapped}
         if cfg.train.compile:
@@ -273,7 +303,7 @@ class StageRun:
         """The window's training figures, plus the held-out ones (main process), logged."""
         metrics = window.metrics() | {"lr": self.optimizer.param_groups[0]["lr"], "epoch": self.stream.epoch}
         if self.run.info.is_main:
-            metrics.update(evaluate(self.nets, self.run.val_batches, self.run.cfg, self.stage))
+            metrics.update(evaluate(self.nets, self.val_batches, self.run.cfg, self.stage))
             self.run.metric_log.write(self.stage, self.step, metrics)
             shown = {k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items() if k.startswith(("loss", "val/"))}
             bar.set_postfix(shown | {"img/s": f"{metrics['img_per_s']:.0f}"})

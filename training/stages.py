@@ -26,6 +26,7 @@ STAGES = {
     "supervised": Stage("supervised_steps", ("disc", "classifier"), pairs=False, pretext="val/top1", samples=False),
     "detect": Stage("detect_steps", ("disc",), pairs=True, pretext="val/spot_acc"),
     "rotation": Stage("rotation_steps", ("disc", "rotation"), pairs=False, pretext="val/rotation_acc", samples=False),
+    "edits": Stage("edits_steps", ("disc",), pairs=False, pretext="val/edit_acc", samples=False),
 }
 SPOTTING = tuple(name for name, s in STAGES.items() if s.pairs)
 HEAD_MODULES = ("mask_head", "fc1", "bn_fc1", "dropout", "fc2")  # the discriminator's heads; the rest: the trunk
@@ -38,9 +39,12 @@ def stage_steps(stage: str, cfg: Config) -> int:
 
 def chance(stage: str, cfg: Config) -> float:
     """Accuracy by guessing at the stage's pretext: two classes, four turns, or the labels' classes."""
-    return {"val/spot_acc": 0.5, "val/rotation_acc": 0.25, "val/top1": 1 / max(1, cfg.model.num_classes)}[
-        STAGES[stage].pretext
-    ]
+    return {
+        "val/spot_acc": 0.5,
+        "val/edit_acc": 0.5,
+        "val/rotation_acc": 0.25,
+        "val/top1": 1 / max(1, cfg.model.num_classes),
+    }[STAGES[stage].pretext]
 
 
 def stage_modules(nets: dict, stage: str, cfg: Config) -> dict[str, nn.Module]:

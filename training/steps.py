@@ -116,6 +116,24 @@ def spot_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Confi
     return losses, scalars
 
 
+def edits_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
+    """The detector on edits of real photos (training/edit_tiles.py): `images` holds each raw tile and its
+    edited copy stacked on channels, `labels` the drop-mask target of the copy. Raw = real, edited = fake;
+    the raw tiles' mask target is all kept."""
+    n = len(images)
+    both = torch.cat([images[:, :3], images[:, 3:]])
+    logits, mask_logits = nets["disc"](to_disc_input(both))
+    keep_targets = torch.cat([torch.ones_like(labels), labels])
+    loss, scalars = discriminator_loss(
+        logits, real_fake_labels(n, n, images.device), mask_logits, keep_targets, cfg.train.mask_weight
+    )
+    with torch.no_grad():
+        pred = logits.argmax(1)
+        scalars["acc/real"] = (pred[:n] == 1).float().mean()
+        scalars["acc/fake"] = (pred[n:] == 0).float().mean()
+    return {"disc": loss}, scalars
+
+
 def supervised_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
     """The comparison row: the same discriminator trunk trained on the labels (CE), no artifacts."""
     logits = nets["classifier"](nets["disc"].forward_features(to_disc_input(images)))
@@ -132,6 +150,7 @@ STEPS = {
     "supervised": supervised_step,
     "detect": spot_step,
     "rotation": rotation_step,
+    "edits": edits_step,
 }
 
 

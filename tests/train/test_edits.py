@@ -1,0 +1,111 @@
+"""The edits /spot must learn to find (training/edits.py), on a real photo: each kind alters its region and
+nothing else, masks cover what they say, and the whole-image augmentation keeps image and mask aligned."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.edit_tiles import EditedTiles, load_photos, parse_kinds
+from training.edits import KINDS, augment, edit, random_mask
+
+from ..conftest import DATA, run_cli
+
+
+@pytest.fixture(scope="module")
+def photos() -> tuple[np.ndarray, np.ndarray]:
+    china, flower = (
+        np.asarray(Image.open(DATA / "photos" / "sklearn" / n).convert("RGB")) for n in ("china.jpg", "flower.jpg")
+    )
+    return china[:300, :400].copy(), flower[:300, :400].copy()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_masks_cover_a_bounded_share_of_the_image(seed):
+    mask = random_mask(300, 400, np.random.default_rng(seed))
+    assert mask.shape == (300, 400) and mask.dtype == bool
+    assert 0.005 < mask.mean() < 0.4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_alters_its_region_and_nothing_else(photos, kind):
+    photo, donor = photos
+    rng = np.random.default_rng(7)
+    mask = random_mask(*photo.shape[:2], rng)
+    edited = edit(kind, photo, mask, rng, donor=donor)
+    assert edited.shape == photo.shape and edited.dtype == np.uint8
+    changed = (edited != photo).any(axis=-1)
+    assert not changed[~mask].any(), "pixels outside the region changed"
+    assert changed[mask].mean() > 0.3, f"{kind} left most of its region as it was"
+
+
+def test_inpainting_fills_the_region_from_its_surroundings_not_from_what_was_there(photos):
+    photo, _ = photos
+    mask = np.zeros(photo.shape[:2], bool)
+    mask[100:140, 150:200] = True
+    hidden = photo.copy()
+    hidden[mask] = 255  # what was under the region cannot matter to inpainting
+    rng = np.random.default_rng(0)
+    a, b = edit("inpaint_telea", photo, mask, rng), edit("inpaint_telea", hidden, mask, np.random.default_rng(0))
+    assert np.array_equal(a, b)
+    ring = np.zeros_like(mask)
+    ring[95:145, 145:205] = True
+    ring &= ~mask
+    assert abs(a[mask].mean() - photo[ring].mean()) < 25  # close to the colours around it
+
+
+def test_splice_needs_a_donor_and_unknown_kinds_are_named(photos):
+    photo, _ = photos
+    mask = random_mask(*photo.shape[:2], np.random.default_rng(0))
+    with pytest.raises(ValueError, match="donor"):
+        edit("splice", photo, mask, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="inpaint_telea"):
+        edit("smudge", photo, mask, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_augmentation_keeps_image_and_mask_the_same_size(photos, seed):
+    photo, _ = photos
+    rng = np.random.default_rng(seed)
+    mask = random_mask(*photo.shape[:2], rng)
+    image, moved = augment(photo, mask, rng)
+    assert image.shape[:2] == moved.shape and moved.dtype == bool and image.dtype == np.uint8
+    assert moved.mean() > 0 and abs(moved.mean() - mask.mean()) < 0.05  # a resize keeps the region's share
+
+
+def test_edited_tiles_pair_a_photo_tile_with_its_edited_copy_and_the_mask_target(data_root):
+    photos = load_photos("photos/sklearn", data_root)
+    tiles = EditedTiles(photos, 64, 4, parse_kinds("all,-splice"), 10, fixed=True)
+    pair, keep = tiles[3]
+    assert pair.shape == (6, 64, 64) and keep.shape == (1, 4, 4) and pair.min() >= -1 and pair.max() <= 1
+    again, keep_again = tiles[3]
+    assert torch.equal(pair, again) and torch.equal(keep, keep_again)  # fixed: item i is drawn from seed i
+    raw, edited = pair[:3], pair[3:]
+    assert (keep == 0).any() and not torch.equal(raw, edited)
+    cells = (raw - edited).abs().mean(0).reshape(4, 16, 4, 16).mean(dim=(1, 3))
+    assert cells[keep[0] == 0].mean() > cells[keep[0] == 1].mean()  # the copy differs most where it was edited
+
+
+def test_kinds_parse_with_one_left_out():
+    assert parse_kinds("all") == KINDS
+    assert "splice" not in parse_kinds("all,-splice") and len(parse_kinds("all,-splice")) == len(KINDS) - 1
+    assert parse_kinds("blur,noise") == ("blur", "noise")
+    with pytest.raises(ValueError, match="smudge"):
+        parse_kinds("all,-smudge")
+
+
+def test_the_edits_stage_trains_the_detector_and_logs_its_held_out_accuracy(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    result = run_cli("train", "--preset", "tiny", "--run-dir", str(run), "--no-progress", "--stages=edits",
+                     "--edits_steps=6", "--log_every=3", "--batch_size=8", "--eval_batches=1",
+                     "--data.num_workers=0", "--data.edit_photos=photos/skimage",
+                     "--data.edit_val_photos=photos/sklearn")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [3, 6]
+    assert all(0 <= r["val/edit_acc"] <= 1 and 0 <= r["val/auc"] <= 1 and "val/mask_ap" in r for r in records)
+    assert "loss/disc/mask" in records[-1]

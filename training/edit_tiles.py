@@ -1,0 +1,97 @@
+"""Tiles of real photos, each beside an edited copy of itself: the detector's data for edits (stage "edits").
+
+A tile is a model-size crop of a photo at its own resolution (or a little downscaled, as /spot meets
+photos of any size); its copy has a random region altered by one of `kinds` (training/edits.py); both go
+through the same kind of whole-image processing (`augment`). One item is the pair stacked on channels,
+[6, size, size] in [-1, 1] (raw first), and the drop-mask target on the discriminator's grid, [1, g, g]
+(1 = kept: less than half of the cell altered), so that the loop's (images, labels) batches carry it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from contract.images import to_rgb
+
+from .data import IMAGE_SUFFIXES
+from .edits import KINDS, augment, edit, random_mask
+
+MAX_SIDE = 2048  # photos larger than this are scaled down once when loaded (memory), still far above a tile
+
+
+def load_photos(folders: str, root: Path | None = None) -> list[np.ndarray]:
+    """Every image under the comma-separated folders (relative ones under `root`), as RGB uint8 arrays."""
+    photos = []
+    for folder in (f.strip() for f in folders.split(",") if f.strip()):
+        path = Path(folder) if Path(folder).is_absolute() or root is None else root / folder
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"no photos under {path}")
+        for file in files:
+            with Image.open(file) as im:
+                img = to_rgb(im)
+            img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC)
+            photos.append(np.asarray(img))
+    return photos
+
+
+def parse_kinds(spec: str) -> tuple[str, ...]:
+    """ "all", or comma-separated kinds; "-k" leaves kind k out (leave-one-kind-out: "all,-splice")."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    chosen = [k for k in KINDS if "all" in names or k in names]
+    chosen = [k for k in chosen if f"-{k}" not in names]
+    if unknown := {n.lstrip("-") for n in names} - set(KINDS) - {"all"}:
+        raise ValueError(f"unknown edit kinds {sorted(unknown)}; kinds: {', '.join(KINDS)}")
+    if not chosen:
+        raise ValueError(f"no edit kind left in {spec!r}")
+    return tuple(chosen)
+
+
+class EditedTiles(Dataset):
+    """`length` pairs per epoch. Training draws each pair afresh (seeded from torch, so the loader's worker
+    seeds decide); `fixed=True` draws pair i from seed i, the same every time (held-out evaluation)."""
+
+    def __init__(
+        self, photos: list[np.ndarray], size: int, grid: int, kinds: tuple[str, ...], length: int, fixed=False
+    ):
+        self.photos, self.size, self.grid, self.kinds, self.length, self.fixed = (
+            photos,
+            size,
+            grid,
+            kinds,
+            length,
+            fixed,
+        )
+        areas = np.array([p.shape[0] * p.shape[1] for p in photos], np.float64)
+        self.weights = areas / areas.sum()  # a photo is drawn as often as its area: tiles are uniform over pixels
+
+    def __len__(self) -> int:
+        return self.length
+
+    def tile(self, rng: np.random.Generator) -> np.ndarray:
+        photo = self.photos[rng.choice(len(self.photos), p=self.weights)]
+        h, w = photo.shape[:2]
+        side = min(h, w, int(self.size / rng.uniform(0.5, 1.0)))  # own resolution up to 2x downscaled
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = photo[top : top + side, left : left + side]
+        if side != self.size:
+            crop = np.asarray(Image.fromarray(crop).resize((self.size, self.size), Image.Resampling.BILINEAR))
+        return crop
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        seed = i if self.fixed else int(torch.randint(2**62, ()).item())
+        rng = np.random.default_rng(seed)
+        raw = self.tile(rng)
+        mask = random_mask(self.size, self.size, rng, area=(0.05, 0.5))
+        edited = edit(str(rng.choice(self.kinds)), raw, mask, rng, donor=self.tile(rng))
+        raw, _ = augment(raw, mask, rng, resize=False)
+        edited, mask = augment(edited, mask, rng, resize=False)
+        pair = torch.from_numpy(np.concatenate([raw, edited], axis=-1)).permute(2, 0, 1).float() / 127.5 - 1
+        cell = self.size // self.grid
+        altered = mask.reshape(self.grid, cell, self.grid, cell).mean(axis=(1, 3))
+        return pair, torch.from_numpy((altered < 0.5).astype(np.float32))[None]
