@@ -72,12 +72,17 @@ def rotation_accuracy(nets: dict, batches: Batches, cfg: Config) -> float:
 def spotting(nets: dict, batches: Batches, cfg: Config) -> dict[str, float]:
     generator = torch.Generator(device=batches[0][0].device).manual_seed(1234)  # the same masks every time
     scores = pair_scores(nets, cfg, batches, generator)
+    raw = {"val/acc_raw": float((scores["raw"] <= THRESHOLD).mean())}  # raw images scored real
+    return detection_figures(scores, "val/spot_acc") | raw
+
+
+def detection_figures(scores: dict[str, np.ndarray], pretext: str) -> dict[str, float]:
+    """Real and fake accuracy, their mean (the pretext accuracy, logged as `pretext`), ROC-AUC, mask AP."""
     found = detection_metrics(scores["real"], scores["fake"])
     return {
         "val/acc_real": found["real_acc"],
         "val/acc_fake": found["fake_acc"],
-        "val/spot_acc": (found["real_acc"] + found["fake_acc"]) / 2,  # balanced: the pretext accuracy
-        "val/acc_raw": float((scores["raw"] <= THRESHOLD).mean()),  # raw images scored real
+        pretext: (found["real_acc"] + found["fake_acc"]) / 2,  # balanced
         "val/auc": found["roc_auc"],
         **{f"val/{k}": v for k, v in mask_ap(scores).items()},
     }
@@ -94,14 +99,7 @@ def edit_detection(nets: dict, batches: Batches) -> dict[str, float]:
         dropped.append((1 - keep).cpu().numpy().ravel())
     scores = {"real": np.concatenate(raw), "fake": np.concatenate(edited)}
     scores |= {"drop_p": np.concatenate(drop_p), "dropped": np.concatenate(dropped)}
-    found = detection_metrics(scores["real"], scores["fake"])
-    return {
-        "val/acc_real": found["real_acc"],
-        "val/acc_fake": found["fake_acc"],
-        "val/edit_acc": (found["real_acc"] + found["fake_acc"]) / 2,
-        "val/auc": found["roc_auc"],
-        **{f"val/{k}": v for k, v in mask_ap(scores).items()},
-    }
+    return detection_figures(scores, "val/edit_acc")
 
 
 def pretext_accuracy(stage: str, metrics: dict, cfg: Config) -> tuple[float, float] | None:

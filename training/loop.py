@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
@@ -26,7 +27,7 @@ from . import checkpoint, dist
 from .config import Config, dump
 from .data import ImageArrayDataset, ResumableSampler, default_data_root, eval_transform, load_images, train_transform
 from .edit_tiles import EditedTiles, load_photos, parse_kinds
-from .heldout import at_chance, evaluate, save_samples
+from .heldout import at_chance, eval_mode, evaluate, save_samples
 from .log import MetricLog, forget_records_after
 from .networks import build_networks
 from .optim import backward_each, make_optimizer, scale_bias_grads, set_lr
@@ -78,7 +79,7 @@ def train(cfg: Config, run_dir: Path, progress: bool = True, state: dict | None 
     metric_log = MetricLog(run_dir) if info.is_main else None
     run = Run(cfg, info, run_dir, training_set(cfg), heldout_batches(cfg, info), metric_log, progress)
     if "edits" in stages:
-        run.edit_set, run.edit_val_batches = edit_sets(cfg, info)
+        run.edit_set, run.edit_val_batches = edit_sets(cfg, info, mask_grid(nets["disc"], cfg, info.device))
     completed = list(state["completed"]) if state else []
     wall_time = state.get("wall_time", 0.0) if state else 0.0
     if state is not None:  # where the run stopped: mid-stage, or at the end of one and so before the next
@@ -175,13 +176,15 @@ def heldout_batches(cfg: Config, info: dist.DistInfo) -> list[tuple[torch.Tensor
     ]
 
 
-def edit_sets(cfg: Config, info: dist.DistInfo) -> tuple[EditedTiles, list[tuple[torch.Tensor, torch.Tensor]]]:
+def edit_sets(
+    cfg: Config, info: dist.DistInfo, grid: int
+) -> tuple[EditedTiles, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Stage "edits": tiles of `data.edit_photos` with edited copies, and a fixed held-out set of
-    `eval_batches` batches from `data.edit_val_photos` (main process only)."""
+    `eval_batches` batches from `data.edit_val_photos` (main process only); masks on a `grid` x `grid` grid."""
     if not cfg.data.edit_photos:
         raise ValueError("the edits stage needs --data.edit_photos (comma-separated photo folders)")
     root = Path(cfg.data.root or default_data_root())
-    size, kinds, grid = cfg.model.image_size, parse_kinds(cfg.train.edit_kinds), mask_grid(cfg)
+    size, kinds = cfg.model.image_size, parse_kinds(cfg.train.edit_kinds)
     train = EditedTiles(load_photos(cfg.data.edit_photos, root), size, grid, kinds, 400 * cfg.train.batch_size)
     if not info.is_main:
         return train, []
@@ -190,11 +193,11 @@ def edit_sets(cfg: Config, info: dist.DistInfo) -> tuple[EditedTiles, list[tuple
     return train, [(x.to(info.device), y.to(info.device)) for x, y in DataLoader(val, batch_size=cfg.train.batch_size)]
 
 
-def mask_grid(cfg: Config) -> int:
-    """The side of the discriminator's drop-mask grid for this model (its mask head's output)."""
-    disc = build_networks(cfg.model)["disc"].eval()
-    with torch.no_grad():
-        _, mask_logits = disc(torch.zeros(1, 3, cfg.model.image_size, cfg.model.image_size))
+@torch.no_grad()
+def mask_grid(disc: nn.Module, cfg: Config, device: torch.device) -> int:
+    """The side of the run's discriminator's drop-mask grid (its mask head's output on one blank image)."""
+    with eval_mode({"disc": disc}):
+        _, mask_logits = disc(torch.zeros(1, 3, cfg.model.image_size, cfg.model.image_size, device=device))
     return mask_logits.shape[-1]
 
 
