@@ -6,12 +6,23 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 from PIL import Image
+from pydantic import BaseModel
 
+from ..model import ExportedModel
+from ..requests import query_options
 from ..runtime import Runtime
 
 
 def runtime_of(request: Request) -> Runtime:
     return request.app.state.runtime
+
+
+def opened(request: Request, options: type[BaseModel]) -> tuple[Runtime, ExportedModel, dict]:
+    """An inference route's start: its Runtime, the API key checked, the model served, and the query options
+    read (a typo is refused before the body is read)."""
+    runtime = runtime_of(request)
+    runtime.check_auth(request.headers.get("authorization"))
+    return runtime, runtime.model(), query_options(request, options)
 
 
 def pixels(images: list[tuple[str, Image.Image]]) -> int:

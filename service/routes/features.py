@@ -10,9 +10,9 @@ from contract.views import centre_view
 from ..answers import FeaturesAnswer
 from ..features import encode, normalize, pool
 from ..images import to_array
-from ..requests import FeatureOptions, documented, merged_options, query_options, read_images
+from ..requests import FeatureOptions, documented, merged_options, read_images
 from ..runtime import Work
-from . import json_answer, pixels, runtime_of
+from . import json_answer, opened, pixels
 
 router = APIRouter()
 
@@ -25,10 +25,7 @@ router = APIRouter()
     responses={200: {"model": FeaturesAnswer}},
 )
 async def features(request: Request) -> Response:
-    runtime = runtime_of(request)
-    runtime.check_auth(request.headers.get("authorization"))
-    model = runtime.model()
-    query = query_options(request, FeatureOptions)  # a typo is refused before the body is read
+    runtime, model, query = opened(request, FeatureOptions)
 
     async def prepare() -> Work:
         files, body = await read_images(request, runtime.settings.max_files, FeatureOptions)

@@ -14,9 +14,9 @@ from .. import spot
 from ..answers import SpotAnswer
 from ..images import to_array
 from ..model import HEAD_OUTPUTS, ExportedModel
-from ..requests import SpotOptions, documented, merged_options, query_options, read_images
+from ..requests import SpotOptions, documented, merged_options, read_images
 from ..runtime import Runtime, ServiceError, Work
-from . import json_answer, pixels, runtime_of
+from . import json_answer, opened, pixels
 
 router = APIRouter()
 
@@ -69,10 +69,7 @@ def tiled(model: ExportedModel, images: list[tuple[str, Image.Image]], limit: in
     responses={200: {"model": SpotAnswer}},
 )
 async def spot_route(request: Request) -> Response:
-    runtime = runtime_of(request)
-    runtime.check_auth(request.headers.get("authorization"))
-    model = runtime.model()
-    query = query_options(request, SpotOptions)  # a typo is refused before the body is read
+    runtime, model, query = opened(request, SpotOptions)
 
     async def prepare() -> Work:
         files, body = await read_images(request, runtime.settings.max_files, SpotOptions)
