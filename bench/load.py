@@ -54,9 +54,23 @@ def write_bodies(images: list[bytes], folder: Path, per_request: int = 1, field:
     return folder
 
 
-def wrk(url: str, bodies: Path, clients: int, seconds: float, paths: list[str] = ()) -> dict:
+def write_oip_bodies(requests: list[tuple[dict, bytes]], folder: Path) -> Path:
+    """Open Inference Protocol bodies for wrk: each a JSON header and, when `binary` is not empty, the binary
+    tensor data after it (Triton's extension; list.txt carries the header's length for its header line)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for k, (header, binary) in enumerate(requests):
+        head = json.dumps(header).encode()
+        path = folder / f"{k}.bin"
+        path.write_bytes(head + binary)
+        lines.append(f"{path}\t{len(head)}" if binary else str(path))
+    (folder / "list.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def wrk(url: str, bodies: Path, clients: int, seconds: float, paths: list[str] = (), content_type: str = "") -> dict:
     """One bounded wrk run (rotating through `paths` on `url`'s host when given); requests/s and latency
-    percentiles."""
+    percentiles. `content_type`: of every body (default: multipart, as write_bodies makes them)."""
     exe = shutil.which("wrk")
     if not exe:
         raise RuntimeError("wrk is missing: apt-get install wrk")
@@ -64,6 +78,8 @@ def wrk(url: str, bodies: Path, clients: int, seconds: float, paths: list[str] =
         raise ValueError("benchmarks only talk to 127.0.0.1")
     cmd = [exe, "-t1", f"-c{clients}", f"-d{int(seconds)}s", "--timeout", "10s", "-s", str(HERE / "multipart.lua"), url]
     env = {"BODIES": str(bodies), "BOUNDARY": BOUNDARY, "PATH": "/usr/bin:/bin", "PATHS": ";".join(paths)}
+    if content_type:
+        env["CONTENT_TYPE"] = content_type
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("WRK_JSON "))
     result = json.loads(line.removeprefix("WRK_JSON "))

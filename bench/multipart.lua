@@ -1,23 +1,30 @@
--- wrk script: each request POSTs one prepared multipart body, rotating through the files that
--- $BODIES/list.txt names and, when $PATHS is set (";"-separated), through those paths too;
--- done() prints one JSON line with counts and latency percentiles.
-local bodies, paths, i = {}, {}, 0
+-- wrk script: each request POSTs one prepared body, rotating through the files that $BODIES/list.txt
+-- names (a line may add, after a tab, the value of an Inference-Header-Content-Length header: the Open
+-- Inference Protocol's binary tensors) and, when $PATHS is set (";"-separated), through those paths too;
+-- the Content-Type is $CONTENT_TYPE, or multipart with $BOUNDARY. done() prints one JSON line with counts
+-- and latency percentiles.
+local bodies, headers, paths, i = {}, {}, {}, 0
 for line in io.lines(os.getenv("BODIES") .. "/list.txt") do
-  local f = io.open(line, "rb")
+  local name, header = string.match(line, "^([^\t]+)\t?(.*)$")
+  local f = io.open(name, "rb")
   table.insert(bodies, f:read("*a"))
+  table.insert(headers, header)
   f:close()
 end
 for p in string.gmatch(os.getenv("PATHS") or "", "[^;]+") do
   table.insert(paths, p)
 end
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. os.getenv("BOUNDARY")
+wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE") or ("multipart/form-data; boundary=" .. os.getenv("BOUNDARY"))
 
 request = function()
   i = i + 1
   local path = nil
   if #paths > 0 then path = paths[i % #paths + 1] end
-  return wrk.format(nil, path, nil, bodies[i % #bodies + 1])
+  local k = i % #bodies + 1
+  local extra = nil
+  if headers[k] ~= "" then extra = {["Inference-Header-Content-Length"] = headers[k]} end
+  return wrk.format(nil, path, extra, bodies[k])
 end
 
 done = function(summary, latency, requests)

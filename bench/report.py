@@ -8,10 +8,10 @@ import json
 import os
 from pathlib import Path
 
-from . import engine, gpu
+from . import engine, gpu, peer_report
 from .server import REPO
 
-TARGETS = {"service_vs_engine": 0.6, "ours_vs_bentoml": 1.5, "x16_vs_engine": 0.9, "ort_vs_pytorch_b1": 2.0}
+TARGETS = {"service_vs_engine": 0.6, "ours_vs_best_peer": 1.2, "x16_vs_engine": 0.9, "ort_vs_pytorch_b1": 2.0}
 
 
 def best(rows: dict) -> tuple[str, dict]:
@@ -50,19 +50,13 @@ def headline(s: dict) -> tuple[list[str], dict]:
         f" **{ratios['spot_vs_engine']:.2f}** ({rs['images_per_s']:.0f} img/s at {cs} clients /"
         f" {whole_rate:.0f} img/s at batch {wb}) | >= 0.6 | {verdict(ratios['spot_vs_engine'], 0.6)} |",
     ]
-    bento = s["bentoml"].get("rows")
-
-    def vs_bentoml(label: str, key: str, rows: dict) -> None:
-        """A row of ours / BentoML at each concurrency both were measured at (the lowest decides)."""
-        per_level = {c: rows[c]["images_per_s"] / bento[c]["images_per_s"] for c in bento if c in rows}
-        ratios[key] = per_level
-        cells = ", ".join(f"{c} clients **{v:.2f}**" for c, v in per_level.items())
-        lines.append(f"| {label} | {cells} | >= 1.5 | {verdict(min(per_level.values()), 1.5)} (lowest) |")
-
-    if bento:
-        vs_bentoml("ours / BentoML at the same concurrency", "ours_vs_bentoml", feats)
+    peers = s.get("peers", {"skipped": "not measured"})
+    if "servers" in peers:
+        peer_lines, peer_ratios = peer_report.target_rows(peers)
+        lines += peer_lines
+        ratios.update(peer_ratios)
     else:
-        lines.append(f"| ours / BentoML | not measured: {s['bentoml'].get('skipped')} | >= 1.5 | |")
+        lines.append(f"| ours / best peer at the same concurrency | not measured: {peers['skipped']} | >= 1.2 | |")
     lines += [
         f"| 16 images per request, `/features`: service / engine limit with decode (trunk) |"
         f" **{ratios['x16_vs_engine']:.2f}** ({r16['images_per_s']:.0f} img/s at {c16} clients) | >= 0.9 |"
@@ -95,8 +89,6 @@ def headline(s: dict) -> tuple[list[str], dict]:
                 f" ({rsw['images_per_s']:.0f} img/s at {csw} clients) | >= 0.6 |"
                 f" {verdict(ratios['workers_spot_vs_engine'], 0.6)} |"
             )
-        if bento:
-            vs_bentoml("... and ours / BentoML", "workers_vs_bentoml", workers["on"])
     return lines, ratios
 
 
@@ -190,29 +182,26 @@ def markdown(s: dict, gpu_run: dict | None = None) -> str:
     out += [
         "![throughput](results/service.png) ![latency](results/latency.png)",
         "",
-        "## 3. The peer: BentoML, same model, same work, same load",
+        "## 3. The peers: BentoML, LitServe, MLServer, PyTriton; same model, same work, same load",
         "",
     ]
-    bento = s["bentoml"]
-    if "rows" in bento:
+    peers = s.get("peers", {"skipped": "not measured"})
+    if "servers" in peers:
         out += [
-            "BentoML 1.4 with adaptive batching, up to 64 images per run (`bench/peer_bentoml.py`: decode, crop,"
-            " resize, normalise, ONNX Runtime through the service's own `ExportedModel`, so the same sessions and"
-            " the same trunk-only graph, conv5 average pooling, JSON): only the serving layer differs. Both"
-            f" servers' answers agree within {bento['max_abs_diff']:.1e}.",
+            f"`{peers['model_dir']}` behind every server, each doing the work through the service's own"
+            " `ExportedModel` (bench/peers/work.py: the same ONNX Runtime sessions and trunk-only graph), so only"
+            f" the serving layer differs; each answer is checked against the model first. Load: {peers['load']['http']}"
+            f" for HTTP, {peers['load']['grpc']} for gRPC (wrk cannot speak it), {peers['seconds']} s per level;"
+            " the load generator shares the 2 cores with the server, as for every row. Uploads go in each"
+            " server's own way: multipart for ours, BentoML and LitServe; a BYTES tensor of the Open Inference"
+            " Protocol for MLServer (base64 in JSON, its REST codec) and PyTriton (binary).",
             "",
-            "| clients | ours img/s (p99 ms) | BentoML img/s (p99 ms) | ours / BentoML |",
-            "|---|---|---|---|",
+            *peer_report.tables(peers),
+            "",
+            "![peers](results/peers.png)",
         ]
-        ours = s["service"]["features"]["on"]
-        for c, b in bento["rows"].items():
-            o = ours[c]
-            out.append(
-                f"| {c} | {o['images_per_s']:.0f} ({o['p99_ms']:.0f}) | {b['images_per_s']:.0f} ({b['p99_ms']:.0f})"
-                f" | **{o['images_per_s'] / b['images_per_s']:.2f}** |"
-            )
     else:
-        out.append(f"Not measured: {bento['skipped']}.")
+        out.append(f"Not measured: {peers['skipped']}.")
     out += ["", "## 4. Training throughput (images/s per stage, optimised vs plain fp32 eager)", ""]
     if s["training"]:
         out += ["| preset | stage | " + " | ".join(next(iter(s["training"].values()))["stages"]["ae"]) + " |"]
@@ -278,8 +267,8 @@ def plots(s: dict, folder: Path) -> None:
     }
     if "features_workers_per_core" in s["service"]:
         series[f"/features, SPOT_WORKERS={s['hardware']['cores']}"] = s["service"]["features_workers_per_core"]["on"]
-    if "rows" in s["bentoml"]:
-        series["BentoML, adaptive batching"] = s["bentoml"]["rows"]
+    if "servers" in s.get("peers", {}):
+        peer_report.plot(s["peers"], folder / "peers.png")
     for metric, ylabel, name in (
         ("images_per_s", "images / s", "service.png"),
         ("p99_ms", "p99 latency (ms)", "latency.png"),

@@ -1,9 +1,9 @@
-"""The whole benchmark suite in one run, on one model: the engine limit, the service over a concurrency
-sweep (/features and /spot, batching on and off, 1 and 16 images per request), BentoML on the same
-model and load, training throughput, the GPU variant where a GPU is present, and a profile of where the
-service's time goes. Writes bench/results/suite.json, bench/RESULTS.md and the plots beside them.
+"""The whole benchmark suite in one run: the engine limit, the service over a concurrency sweep (/features
+and /spot, batching on and off, 1 and 16 images per request), the peers (BentoML, LitServe, MLServer,
+PyTriton) against ours on the shipped model (bench/peer.py), training throughput, the GPU variant where a
+GPU is present, and a profile of where the service's time goes. Writes bench/results/suite.json, bench/RESULTS.md and the plots beside them.
 
-    python -m bench                 # about 10 minutes on 2 cores; --quick for a smoke run
+    python -m bench                 # about 30 minutes on 2 cores; --quick for a smoke run
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import onnxruntime
 from . import engine, gpu, peer, profile, report, service
 from .context import commit, hardware
 from .load import jpeg_crops, write_bodies
+from .peers.registry import PEERS
 from .server import REPO
 
 FULL_WIDTH = REPO / "runs" / "bench-full"
+SHIPPED = REPO / "models" / "spot-tiny64"  # the peers serve the shipped model (issue 24)
 BUILD_FULL_WIDTH = [
     # the shipped architecture at full width (the paper's channel counts, 168.7 MFLOP per image, like the
     # 154.5 MFLOP model of ../shared/docs/SERVING_ANCHORS.md); one supervised step: effectively random weights
@@ -63,28 +65,13 @@ def training_speed(presets: list[str], steps: int) -> dict:
     return out
 
 
-def bentoml_rows(venv: Path, model_dir: Path, bodies: Path, jpeg: bytes, clients: list[int], seconds: float) -> dict:
-    if not (venv / "bin" / "bentoml").exists():
-        return {"skipped": f"no BentoML environment at {venv} (made on first use unless --quick)"}
-    from .server import Server
-
-    ours, bento = Server(model_dir, ready="/readyz", access_log="false"), peer.bento_server(venv, model_dir)
-    try:
-        diff = peer.same_answer(ours.url, bento.url, jpeg)
-    finally:
-        ours.stop()
-    try:
-        return {
-            "max_abs_diff": diff,
-            "rows": service_like(peer.sweep(f"{bento.url}/features", bodies, clients, seconds)),
-        }
-    finally:
-        bento.stop()
-
-
-def service_like(rows: dict) -> dict:
-    """BentoML rows in the service rows' terms (one image per request)."""
-    return {c: {**r, "images_per_s": r["req_per_s"]} for c, r in rows.items()}
+def peer_rows(quick: bool, photos: Path, clients: list[int], seconds: float) -> dict:
+    """Every peer against ours on the shipped model (bench/peer.py); a quick run only with the environments
+    already made (making them takes minutes)."""
+    ready = [p for p in PEERS if (p.venv / ".installed").exists()]
+    if quick and not ready:
+        return {"skipped": "no peer environment made yet (a full run makes them)"}
+    return peer.measure(SHIPPED, photos, clients, seconds, ready if quick else PEERS)
 
 
 def main() -> None:
@@ -95,7 +82,6 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=8, help="per load level, after a 2 s warm-up")
     p.add_argument("--engine-seconds", type=float, default=2, help="per engine measurement")
     p.add_argument("--presets", nargs="*", default=["tiny64", "cifar32"], help="training speed; none to skip")
-    p.add_argument("--bentoml-venv", type=Path, default=REPO / ".venv-bentoml")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 s levels, clients 1 and 4, no training")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="suite.json and the plots")
     p.add_argument("--results-md", type=Path, default=REPO / "bench" / "RESULTS.md")
@@ -103,13 +89,10 @@ def main() -> None:
     if args.quick:
         args.clients, args.seconds, args.engine_seconds, args.presets = [1, 4], 1, 0.05, []
     model_dir = (args.model_dir or full_width_model()).resolve()
-    if not args.quick:
-        peer.ensure_bentoml_venv(args.bentoml_venv)
     started = datetime.datetime.now(datetime.timezone.utc)
     jpegs = jpeg_crops(args.photos)
     with tempfile.TemporaryDirectory() as tmp:
         bodies = {k: write_bodies(jpegs, Path(tmp) / f"x{k}", per_request=k) for k in (1, 16)}
-        bento_bodies = write_bodies(jpegs, Path(tmp) / "bento", field="images")
         few = [c for c in args.clients if c <= 16]
         level = dict(model_dir=model_dir, bodies=bodies, seconds=args.seconds)
         workers = str(max(2, os.cpu_count() or 1))  # SPOT_WORKERS: one per core
@@ -146,7 +129,7 @@ def main() -> None:
                     "on": service.sweep(route="spot", per_request=1, clients=args.clients, workers=workers, **level),
                 },
             },
-            "bentoml": bentoml_rows(args.bentoml_venv, model_dir, bento_bodies, jpegs[0], args.clients, args.seconds),
+            "peers": peer_rows(args.quick, args.photos, args.clients, args.seconds),
             "gpu": (
                 gpu.measure(model_dir, args.photos, "cuda", args.clients, args.seconds, args.engine_seconds, 4)
                 if "CUDAExecutionProvider" in onnxruntime.get_available_providers()

@@ -68,3 +68,25 @@ def test_results_md_quotes_a_gpu_run_in_the_suite_or_beside_it():
     inside = report.markdown({**suite, "gpu": {k: v for k, v in gpu_run.items() if k not in ("command", "commit")}})
     section = inside[inside.index("## 5. GPU variant") : inside.index("## Profile")]
     assert "### Engine" in section and "### The service" in section and "Not run" not in section
+
+
+@pytest.mark.slow
+def test_every_peer_serves_the_shipped_model_and_is_measured_short(tmp_path):
+    """The peer comparison in short (bench/peer.py): every peer installs, starts, answers what the model
+    answers, and takes the load without an error (makes the peers' environments on first use: minutes)."""
+    out = tmp_path / "peers.json"
+    cmd = [sys.executable, "-m", "bench.peer", "--clients", "1", "4", "--seconds", "1", "--out", str(out)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3000)
+    assert result.returncode == 0, result.stderr[-3000:]
+    servers = json.loads(out.read_text())["servers"]
+    assert set(servers) == {"ours", "BentoML", "LitServe", "MLServer", "PyTriton"}
+    for name, r in servers.items():
+        assert "error" not in r, (name, r.get("error"))
+        assert r["max_abs_diff"] < 1e-3
+        rows = [row for kind in ("jpeg", "oip_http", "oip_grpc") for per in r[kind].values() for row in per.values()]
+        assert all(row["images_per_s"] > 0 for row in rows)
+        assert all(row.get("non2xx", 0) == 0 and row.get("socket_errors", 0) == 0 for row in rows)
+    for name in ("ours", "MLServer", "PyTriton"):  # the Open Inference Protocol over HTTP, 1 and 16 per request
+        assert set(servers[name]["oip_http"]) == {"1", "16"}
+    assert set(servers["ours"]["oip_grpc"]) == set(servers["PyTriton"]["oip_grpc"]) == {"1", "16"}
+    assert "failed to get model config" in servers["MLServer"]["oip_grpc_error"]  # perf_analyzer needs it
