@@ -54,7 +54,7 @@ def measure(model_dir: Path, bodies: Path, clients: int, seconds: float, route: 
             _, err = spying.communicate(timeout=seconds + 60)
             if spying.returncode != 0:
                 return {"skipped": f"py-spy failed: {err.decode(errors='replace')[-300:]}"}
-            lines = Path(raw.name).read_text().splitlines()
+            lines = Path(raw.name).read_text(errors="replace").splitlines()  # frames may hold raw bytes
     finally:
         server.stop()
     samples: Counter[str] = Counter()

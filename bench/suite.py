@@ -96,9 +96,9 @@ def main() -> None:
         few = [c for c in args.clients if c <= 16]
         level = dict(model_dir=model_dir, bodies=bodies, seconds=args.seconds)
         workers = str(max(2, os.cpu_count() or 1))  # SPOT_WORKERS: one per core
-        results = {
-            "engine": engine.measure(model_dir, args.photos, args.engine_seconds),
-            "service": {
+        sections = {
+            "engine": lambda: engine.measure(model_dir, args.photos, args.engine_seconds),
+            "service": lambda: {
                 "features": {
                     "on": service.sweep(route="features", per_request=1, clients=args.clients, **level),
                     "off": service.sweep(
@@ -129,17 +129,23 @@ def main() -> None:
                     "on": service.sweep(route="spot", per_request=1, clients=args.clients, workers=workers, **level),
                 },
             },
-            "peers": peer_rows(args.quick, args.photos, args.clients, args.seconds),
-            "gpu": (
+            "peers": lambda: peer_rows(args.quick, args.photos, args.clients, args.seconds),
+            "gpu": lambda: (
                 gpu.measure(model_dir, args.photos, "cuda", args.clients, args.seconds, args.engine_seconds, 4)
                 if "CUDAExecutionProvider" in onnxruntime.get_available_providers()
                 else {"skipped": "no CUDA provider on this machine"}
             ),
-            "profile": profile.measure(
+            "profile": lambda: profile.measure(
                 model_dir, bodies[1], clients=max(args.clients), seconds=min(6, 2 + args.seconds)
             ),
-            "training": training_speed(args.presets, steps=10),
+            "training": lambda: training_speed(args.presets, steps=10),
         }
+        results = {}
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name, measure in sections.items():
+            results[name] = measure()
+            # kept as it goes: a section that fails late does not cost the half hour before it
+            (args.out / "suite.partial.json").write_text(json.dumps(results, indent=2) + "\n")
     suite = {
         "command": "python -m bench " + " ".join(sys.argv[1:]),
         "commit": commit(),
@@ -151,9 +157,9 @@ def main() -> None:
         "seconds": args.seconds,
         **results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "suite.json").write_text(json.dumps(suite, indent=2) + "\n")
     report.write(suite, args.out, args.results_md)
+    (args.out / "suite.partial.json").unlink()
     print(args.results_md.read_text())
 
 
