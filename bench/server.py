@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from service.config import usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +33,10 @@ class ServerProcess:
         self.port, self.stop_timeout = port, stop_timeout
         self.url = f"http://127.0.0.1:{port}"
         self.log = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stall the server
-        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        # its own process group, so that stop() also ends what it spawned (LitServe's workers outlived it)
+        self.proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             try:
@@ -46,12 +52,18 @@ class ServerProcess:
         return self.log.read().decode(errors="replace")
 
     def stop(self) -> None:
+        """SIGTERM to the server (it drains), then SIGKILL to whatever of its group is left: a measurement
+        that follows must have the cores to itself."""
         self.proc.terminate()
         try:
             self.proc.wait(self.stop_timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the group is empty: nothing outlived it
+            pass
+        self.proc.wait()
 
 
 class Server(ServerProcess):
@@ -66,3 +78,14 @@ class Server(ServerProcess):
         cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
                "--model-dir", str(model_dir)]  # fmt: skip
         super().__init__(cmd, port, environ, ready, timeout, cwd=cwd)
+        self.wait_for_workers(int(env["workers"]) or usable_cores(), timeout)
+
+    def wait_for_workers(self, workers: int, timeout: float) -> None:
+        """`ready` answers once one worker is up; a measurement (or a test of how connections are shared)
+        that began then would find the others still loading the model, and their share on the first."""
+        deadline = time.time() + timeout
+        while self.output().count("Application startup complete.") < workers:
+            if time.time() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"{workers} workers did not start: {self.output()[-2000:]}")
+            time.sleep(0.05)

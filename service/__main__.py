@@ -12,10 +12,11 @@ import tempfile
 from pathlib import Path
 
 import uvicorn
-from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors import multiprocess
 
 from .app import create_app
 from .config import Settings, resolve_workers
+from .listener import Loads, WorkerProcess
 from .logs import logging_config
 
 
@@ -95,7 +96,9 @@ def serve_workers(workers: int, options: dict) -> None:
     with tempfile.TemporaryDirectory(prefix="spot-metrics-") as metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client as workers import it
         config = uvicorn.Config("service.app:create_app", factory=True, workers=workers, **options)
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        multiprocess.Process = WorkerProcess  # the name the supervisor starts (and restarts) workers by
+        WorkerProcess.loads = Loads(workers)
+        multiprocess.Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 
 if __name__ == "__main__":
