@@ -117,11 +117,13 @@ class Batcher:
 
     async def _collect(self) -> list[Job]:
         """The next batch: the first waiting job, everything already queued behind it, and what arrives
-        before the delay has passed, up to max_batch_size."""
+        before the delay has passed, up to the model's run size for the first job's outputs (at most
+        max_batch_size: ExportedModel.run_size)."""
         first, self.pending = self.pending or await self.queue.get(), None
         jobs, size = [first], len(first.inputs)
+        limit = self.model.run_size(first.names, self.max_batch_size)
         deadline = time.perf_counter() + self.delay
-        while size < self.max_batch_size:
+        while size < limit:
             worth_waiting = self.arriving > 0 or not self.adaptive_delay
             try:
                 if not self.queue.empty():  # waiting jobs always join, however late it is
@@ -132,7 +134,7 @@ class Batcher:
                     break
             except TimeoutError:
                 break
-            if size + len(job.inputs) > self.max_batch_size:
+            if size + len(job.inputs) > limit:
                 self.pending = job  # first in line for the next run
                 break
             jobs.append(job)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,7 @@ class ExportedModel:
         self.grid = self.spec.mask_grid
         self.name, self.version = self.spec.name, self.spec.version
         self.pad_to = 0  # set by pad_batches()
+        self.run_sizes: dict[str, int] = {}  # set by choose_run_sizes(): per graph, the most images worth one run
 
     def pad_batches(self, setting: str, size: int) -> None:
         """Run every batch padded to `size` images (`setting` auto: on a GPU only). ONNX Runtime's CUDA
@@ -120,6 +122,36 @@ class ExportedModel:
             raise ModelError(f"pad_batches must be auto, on or off, got {setting!r}")
         on = setting == "on" or (setting == "auto" and self.provider != "CPUExecutionProvider")
         self.pad_to = size if on else 0
+
+    def choose_run_sizes(self, largest: int, within: float = 0.05, repeats: int = 2) -> dict[str, int]:
+        """Per graph (`trunk`: feature maps only, `heads`: the rest), the smallest batch up to `largest` whose
+        time per image is within `within` of the fastest batch's, timed here. A batch larger than that gains
+        nothing and makes its requests wait for each other: on one CPU thread the shipped trunk takes 0.43 ms
+        per image at batch 4 and at 64 (the heads 0.65 and 0.54), and /features' p99 at 64 clients fell from
+        84 to 52-62 ms with runs of 4 at the same images/s (bench/README.md). Not with pad_batches: every
+        run is one padded shape there, and a GPU gains from every image it is given."""
+        if self.pad_to:
+            return self.run_sizes
+        sizes = sorted({min(2**k, largest) for k in range(largest.bit_length() + 1)})
+        for graph, names in (("trunk", self.layers), ("heads", list(HEAD_OUTPUTS))):
+            per_image = {}
+            for n in sizes:
+                batch = np.zeros((n, 3, self.size, self.size), np.float32)
+                self.run(batch, names)  # the first run of a shape allocates
+                times = []
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    self.run(batch, names)
+                    times.append(time.perf_counter() - started)
+                per_image[n] = min(times) / n
+            best = min(per_image.values())
+            self.run_sizes[graph] = min(n for n in sizes if per_image[n] <= best * (1 + within))
+        return self.run_sizes
+
+    def run_size(self, names: list[str], largest: int) -> int:
+        """The most images worth one run for these outputs (choose_run_sizes), at most `largest`."""
+        graph = "trunk" if all(name in self.layers for name in names) else "heads"
+        return min(largest, self.run_sizes.get(graph, largest))
 
     def normalize(self, rgb: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 -> 3xHxW float32 on the model's scale."""

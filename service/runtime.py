@@ -88,13 +88,16 @@ class Runtime:
         model = ExportedModel(s.model_dir, s.providers, s.require_gpu, threads, s.ort_spinning)
         model.pad_batches(s.pad_batches, s.max_batch_size)
         model.warm_up()
+        if s.run_size == "auto" and s.max_batch_size > 1:
+            model.choose_run_sizes(s.max_batch_size)
         self.loaded = model
         m = self.metrics
         self.batcher = Batcher(model, s.max_batch_size, s.max_batch_delay_ms, m.observe_run, s.max_queue_images,
                                s.adaptive_batch_delay, m.pending.set, m.observe_failed)  # fmt: skip
         self.batcher.start()
         m.model_info.labels(model.name, model.version, model.provider).set(1)
-        log.info("loaded %s %s on %s", model.name, model.version, model.provider)
+        log.info("loaded %s %s on %s; images per run: up to %s", model.name, model.version, model.provider,
+                 ", ".join(f"{n} ({g})" for g, n in model.run_sizes.items()) or s.max_batch_size)  # fmt: skip
 
     async def start_grpc(self) -> None:
         from . import oip_grpc  # grpcio and its stubs are loaded only when asked for

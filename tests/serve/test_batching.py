@@ -26,7 +26,7 @@ def test_concurrent_requests_are_batched_and_counted(model_dir):
 
     from bench.server import Server
 
-    s = Server(model_dir, max_batch_delay_ms="20", adaptive_batch_delay="false")
+    s = Server(model_dir, max_batch_delay_ms="20", adaptive_batch_delay="false", run_size="max")
     data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
     try:
         with httpx.Client(base_url=s.url, timeout=30) as c, ThreadPoolExecutor(16) as pool:
@@ -57,7 +57,7 @@ def test_metrics_show_the_images_waiting_and_which_model_and_provider_serve(mode
 
     from bench.server import Server
 
-    s = Server(model_dir, max_batch_delay_ms="5000", adaptive_batch_delay="false")
+    s = Server(model_dir, max_batch_delay_ms="5000", adaptive_batch_delay="false", run_size="max")
     files = [("files", ("a.png", png_bytes(Image.new("RGB", (64, 64), (10, 200, 30))), "image/png"))] * 3
     try:
         with httpx.Client(base_url=s.url, timeout=30) as c, ThreadPoolExecutor(1) as pool:
@@ -117,7 +117,7 @@ def test_a_lone_request_waits_out_the_batch_delay_only_when_the_delay_is_not_ada
 
     data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
     for adaptive, low, high in (("true", 0.0, 0.5), ("false", 0.6, 30.0)):
-        s = Server(model_dir, max_batch_delay_ms="600", adaptive_batch_delay=adaptive)
+        s = Server(model_dir, max_batch_delay_ms="600", adaptive_batch_delay=adaptive, run_size="max")
         try:
             with httpx.Client(base_url=s.url, timeout=30) as c:
                 for _ in range(3):  # one client, one request at a time: nobody to wait for

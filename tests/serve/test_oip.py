@@ -194,7 +194,7 @@ def test_infer_requests_share_onnx_runtime_runs_with_features_requests(model_dir
 
     from bench.server import Server
 
-    s = Server(model_dir, max_batch_delay_ms="5000", adaptive_batch_delay="false", max_batch_size="2")
+    s = Server(model_dir, max_batch_delay_ms="5000", adaptive_batch_delay="false", max_batch_size="2", run_size="max")
     body = {"inputs": [tensor([1, 3, 32, 32], data=ZEROS)], "outputs": [{"name": "conv5"}]}
     photo = [("files", ("china.jpg", PHOTOS[0].read_bytes(), "image/jpeg"))]
     try:

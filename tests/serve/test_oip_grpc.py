@@ -224,7 +224,7 @@ def test_grpc_calls_share_onnx_runtime_runs_with_http_requests(model_dir):
     from ..conftest import DATA
 
     port = free_port()
-    s = Server(model_dir, grpc_port=str(port), max_batch_delay_ms="5000", adaptive_batch_delay="false",
+    s = Server(model_dir, grpc_port=str(port), max_batch_delay_ms="5000", adaptive_batch_delay="false", run_size="max",
                max_batch_size="2")  # fmt: skip
     size = json.loads((model_dir / "model.json").read_text())["input"]["shape"][-1]
     images = triton.InferInput("images", [1, 3, size, size], "FP32")

@@ -184,7 +184,7 @@ def test_requests_that_time_out_count_as_failures_and_batching_off_shows_in_the_
 
 
 def test_a_big_photos_tiles_count_as_one_request_in_runs_of_at_most_max_batch_size(model_dir):
-    s = Server(model_dir, max_batch_size="4")
+    s = Server(model_dir, max_batch_size="4", run_size="max")
     try:
         with httpx.Client(base_url=s.url, timeout=60) as c:
             photo = [("files", ("china.jpg", PHOTOS[0].read_bytes(), "image/jpeg"))]

@@ -35,7 +35,12 @@ def test_overload_is_a_quick_503_with_retry_after_and_visible_in_metrics(model_d
 
     # a first request waits 300 ms for company; meanwhile only 12 images may queue
     s = Server(
-        model_dir, max_queue_images="12", max_batch_delay_ms="300", adaptive_batch_delay="false", threshold="0.9"
+        model_dir,
+        max_queue_images="12",
+        max_batch_delay_ms="300",
+        adaptive_batch_delay="false",
+        run_size="max",
+        threshold="0.9",
     )
     data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
 
@@ -77,7 +82,9 @@ def test_a_request_waiting_too_long_is_a_504_and_the_server_goes_on(model_dir):
 
     from bench.server import Server
 
-    s = Server(model_dir, request_timeout_s="0.05", max_batch_delay_ms="400", adaptive_batch_delay="false")
+    s = Server(
+        model_dir, request_timeout_s="0.05", max_batch_delay_ms="400", adaptive_batch_delay="false", run_size="max"
+    )
     data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
     try:
         with httpx.Client(base_url=s.url, timeout=30) as c:
@@ -106,7 +113,7 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(model_dir):
     from bench.server import Server
 
     s = Server(
-        model_dir, max_batch_delay_ms="700", adaptive_batch_delay="false"
+        model_dir, max_batch_delay_ms="700", adaptive_batch_delay="false", run_size="max"
     )  # each request sits in the batcher for 0.7 s
     data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
     answers = []
