@@ -37,6 +37,7 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}`; before = commit `{report['before']}`, after = commit `{report['after']}`;"
         f" {hw['cpu']}, {hw['cores']} cores. Model: `{report['checkpoint']}` exported by each commit's own"
         f" exporter; `{ROUTE}`, one 64 px JPEG per request, {report['seconds']} s per level after a 2 s warm-up,"
+        f" SPOT_WORKERS={report.get('workers', '1')},"
         " levels alternating between the two servers.",
         "",
         "| clients | before img/s (p99 ms, images per run) | after img/s (p99 ms, images per run) | after / before |",
@@ -59,6 +60,7 @@ def main() -> None:
     p.add_argument("--photos", type=Path, default=REPO.parent / "shared" / "data" / "photos")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--seconds", type=float, default=8)
+    p.add_argument("--workers", default="1", help="server processes for both (0: the service's default, one per core)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     checkpoint = (args.checkpoint or full_width_model().parent / "checkpoint.pt").resolve()
@@ -77,7 +79,7 @@ def main() -> None:
             rows = {"before": {}, "after": {}}
             for c in args.clients:
                 for name, (model_dir, cwd) in models.items():
-                    server = Server(model_dir, ready="/readyz", cwd=cwd, access_log="false")
+                    server = Server(model_dir, ready="/readyz", cwd=cwd, access_log="false", workers=args.workers)
                     try:
                         rows[name][str(c)] = load_level(server, ROUTE, bodies, c, args.seconds, per_request=1)
                     finally:
@@ -91,6 +93,7 @@ def main() -> None:
         "hardware": hardware(),
         "checkpoint": str(checkpoint.relative_to(REPO) if checkpoint.is_relative_to(REPO) else checkpoint),
         "seconds": args.seconds,
+        "workers": args.workers,
         "before_rows": rows["before"],
         "after_rows": rows["after"],
     }
