@@ -30,9 +30,10 @@ class Settings(BaseSettings):
     allowed_formats: str = "JPEG,PNG,WEBP,GIF,BMP,TIFF"
     max_batch_size: int = 64  # images per ONNX Runtime run (1 = batching off)
     pad_batches: Literal["auto", "on", "off"] = "auto"  # auto = on on a GPU: every run padded to max_batch_size
-    # auto: per graph, runs no larger than the smallest batch within 5% of the fastest per image (timed at start;
-    # not with padded batches); max: runs of up to max_batch_size
-    run_size: Literal["auto", "max"] = "auto"
+    # max: runs of up to max_batch_size; auto: per graph, runs no larger than the smallest batch within 5% of the
+    # fastest per image (timed at start; not with padded batches): a lower p99 for a small model, fewer img/s for a
+    # large one on a CPU (bench/README.md)
+    run_size: Literal["max", "auto"] = "max"
     max_batch_delay_ms: float = 2.0  # how long a first request waits for others to join its batch
     adaptive_batch_delay: bool = True  # wait only while other requests are arriving; false = always (as Triton)
     # model inputs (images; /spot's tiles) waiting for the model: more is a quick 503 + Retry-After, not a timeout

@@ -127,9 +127,9 @@ class ExportedModel:
         """Per graph (`trunk`: feature maps only, `heads`: the rest), the smallest batch up to `largest` whose
         time per image is within `within` of the fastest batch's, timed here. A batch larger than that gains
         nothing and makes its requests wait for each other: on one CPU thread the shipped trunk takes 0.43 ms
-        per image at batch 4 and at 64 (the heads 0.65 and 0.54), and /features' p99 at 64 clients fell from
-        84 to 52-62 ms with runs of 4 at the same images/s (bench/README.md). Not with pad_batches: every
-        run is one padded shape there, and a GPU gains from every image it is given."""
+        per image at batch 4 and at 64 (the heads 0.65 and 0.54). What this leaves out is the event loop's
+        cost per run, which is why it is not the default (SPOT_RUN_SIZE, bench/README.md). Not with
+        pad_batches: every run is one padded shape there, and a GPU gains from every image it is given."""
         if self.pad_to:
             return self.run_sizes
         sizes = sorted({min(2**k, largest) for k in range(largest.bit_length() + 1)})

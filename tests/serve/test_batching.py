@@ -198,3 +198,21 @@ def test_padding_is_reported_by_readyz_and_keeps_the_answers(model_dir):
         finally:
             s.stop()
     np.testing.assert_allclose(answers["on"], answers["auto"], rtol=1e-4, atol=1e-5)
+
+
+def test_run_size_auto_times_each_graph_at_start_and_says_so(model_dir):
+    import re
+
+    import httpx
+
+    from bench.server import Server
+
+    s = Server(model_dir, ready="/readyz", run_size="auto", max_batch_size="16")
+    try:
+        data = png_bytes(Image.new("RGB", (64, 64), (10, 200, 30)))
+        r = httpx.post(f"{s.url}/features", files=[("files", ("a.png", data, "image/png"))] * 3, timeout=30)
+        assert r.status_code == 200 and len(r.json()["results"]) == 3
+        [sizes] = re.findall(r"images per run: up to (\d+) \(trunk\), (\d+) \(heads\)", s.output())
+        assert all(int(n) in (1, 2, 4, 8, 16) for n in sizes)
+    finally:
+        s.stop()
