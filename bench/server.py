@@ -9,11 +9,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import httpx
 
-from service.config import usable_cores
+from service.config import Settings, resolve_workers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,14 +56,10 @@ class ServerProcess:
         """SIGTERM to the server (it drains), then SIGKILL to whatever of its group is left: a measurement
         that follows must have the cores to itself."""
         self.proc.terminate()
-        try:
+        with suppress(subprocess.TimeoutExpired):
             self.proc.wait(self.stop_timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with suppress(ProcessLookupError):  # the group is empty: nothing outlived it
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:  # the group is empty: nothing outlived it
-            pass
         self.proc.wait()
 
 
@@ -78,7 +75,10 @@ class Server(ServerProcess):
         cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
                "--model-dir", str(model_dir)]  # fmt: skip
         super().__init__(cmd, port, environ, ready, timeout, cwd=cwd)
-        self.wait_for_workers(int(env["workers"]) or usable_cores(), timeout)
+        # as many as the service starts: SPOT_WORKERS=0 is one per core on a CPU, one on a GPU
+        self.wait_for_workers(
+            resolve_workers(Settings(**{k: env[k] for k in ("workers", "providers") if k in env})), timeout
+        )
 
     def wait_for_workers(self, workers: int, timeout: float) -> None:
         """`ready` answers once one worker is up; a measurement (or a test of how connections are shared)

@@ -2,10 +2,11 @@
 
 uvicorn's workers each hand the shared socket to their event loop, which accepts every connection waiting
 when it wakes: a burst of new connections (a client pool opening 64 at once) lands mostly on whichever
-worker woke first, and stays there (keep-alive). Measured: 64 connections split 14 / 50 when idle and
-39 / 25 under load, so one worker's requests waited longer and the p99 doubled. Here each worker accepts
-one connection per wake-up, and a worker that holds more connections than another leaves a waiting one
-to the other for up to DEFER seconds; the counts are in shared memory (Loads).
+worker woke first, and stays there (keep-alive): 64 connections opened at once split as unevenly as 7 / 57
+(tests/serve/test_operations.py, before this module), so one worker's requests waited while the other's
+core idled. Here each worker accepts one connection per wake-up, and a worker that holds more connections
+than another leaves a waiting one to the other for up to DEFER seconds; the counts are in shared memory
+(Loads).
 """
 
 from __future__ import annotations
@@ -61,9 +62,7 @@ class Loads:
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process took the pid: not ours any more
+    except (ProcessLookupError, PermissionError):  # gone, or the pid now belongs to another user's process
         return False
     return True
 
