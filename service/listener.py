@@ -2,8 +2,8 @@
 
 uvicorn's workers each hand the shared socket to their event loop, which accepts every connection waiting
 when it wakes: a burst of new connections (a client pool opening 64 at once) lands mostly on whichever
-worker woke first, and stays there (keep-alive): 64 connections opened at once split as unevenly as 7 / 57
-(tests/serve/test_operations.py, before this module), so one worker's requests waited while the other's
+worker woke first, and stays there (keep-alive): 64 connections opened at once split as unevenly as 14 / 50
+(the burst of tests/serve/test_operations.py, at commit 2cb5290), so one worker's requests waited while the other's
 core idled. Here each worker accepts one connection per wake-up, and a worker that holds more connections
 than another leaves a waiting one to the other for up to DEFER seconds; the counts are in shared memory
 (Loads).

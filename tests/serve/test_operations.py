@@ -221,7 +221,7 @@ def connections_per_process(port: int) -> list[int]:
 
 def test_a_burst_of_connections_is_shared_between_the_workers(model_dir):
     """A client pool opening 64 connections at once: uvicorn's workers each accepted every connection
-    waiting when they woke (splits of 7 / 57 to 31 / 33 measured, and keep-alive kept them there);
+    waiting when they woke (14 / 50 to 31 / 33 measured at 2cb5290, and keep-alive kept them there);
     service.listener accepts one per wake-up and leaves it to the worker holding fewer, so both take
     their half. SIGTERM still ends them all cleanly."""
     import signal
