@@ -5,8 +5,9 @@ when it wakes: a burst of new connections (a client pool opening 64 at once) lan
 worker woke first, and stays there (keep-alive): 64 connections opened at once split as unevenly as 14 / 50
 (the burst of tests/serve/test_operations.py, at commit 2cb5290), so one worker's requests waited while the other's
 core idled. Here each worker accepts one connection per wake-up, and a worker that holds more connections
-than another leaves a waiting one to the other for up to DEFER seconds; the counts are in shared memory
-(Loads).
+than another leaves a waiting one to the other for DEFER seconds per connection it holds more (at most
+MAX_DEFER), so the less busy one has longer the further behind it is (a worker that is not scheduled for a
+while on a busy machine); the counts are in shared memory (Loads).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import uvicorn
 from uvicorn.supervisors import multiprocess
 
 log = logging.getLogger("uvicorn.error")
-DEFER = 0.001  # how long a busier worker leaves a waiting connection to a less busy one (seconds)
+DEFER = 0.001  # how long a busier worker leaves a waiting connection to a less busy one, per connection more (s)
+MAX_DEFER = 0.05  # the longest it waits before taking the connection itself (s)
 
 
 class Loads:
@@ -45,12 +47,16 @@ class Loads:
         if self.mine is not None:
             self.slots[self.mine + 1] = count
 
-    def someone_less_busy(self, count: int) -> bool:
-        """Whether another live worker holds fewer connections than `count`."""
+    def lead(self, count: int) -> int:
+        """How many connections more than the least busy other live worker `count` is (0 when none holds fewer)."""
         if self.mine is None:
-            return False
+            return 0
         slots = self.slots[:]  # one copy, without the lock: a count a moment old is good enough
-        return any(slots[i] and i != self.mine and slots[i + 1] < count for i in range(0, len(slots), 2))
+        fewest = min(
+            (slots[i + 1] for i in range(0, len(slots), 2) if slots[i] and i != self.mine and alive(slots[i])),
+            default=count,
+        )
+        return max(count - fewest, 0)
 
     def release(self) -> None:
         if self.mine is not None:
@@ -68,8 +74,8 @@ def alive(pid: int) -> bool:
 
 
 class OneAtATime:
-    """Accepts from `sock` one connection per readiness event, after DEFER when another worker holds fewer
-    (`count()`: this worker's open connections); closes like the asyncio.Server it stands in for
+    """Accepts from `sock` one connection per readiness event, after DEFER per connection more than the least
+    busy other worker holds (`count()`: this worker's open connections); closes like the asyncio.Server it stands in for
     (uvicorn's shutdown calls close() and wait_closed())."""
 
     def __init__(
@@ -88,9 +94,10 @@ class OneAtATime:
     def ready(self) -> None:
         count = self.count()
         self.loads.publish(count)
-        if self.loads.someone_less_busy(count):
+        lead = self.loads.lead(count)
+        if lead:
             self.loop.remove_reader(self.sock.fileno())  # it would wake us for the same connection meanwhile
-            self.loop.call_later(DEFER, self.accept_and_listen)
+            self.loop.call_later(min(DEFER * lead, MAX_DEFER), self.accept_and_listen)
         else:
             self.accept()
 
