@@ -9,9 +9,8 @@ from typing import Any
 
 from fastapi import Request
 from pydantic import BaseModel, Field, ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import multipart
 from .features import DTYPES, ENCODINGS, NORMALIZE, POOLS
 from .runtime import ServiceError
 
@@ -106,25 +105,23 @@ async def read_images(request: Request, max_files: int, options: type[BaseModel]
 async def read_form(request: Request, max_files: int) -> list[tuple[str, bytes]]:
     """The images of the multipart fields named `files`; any other field is a 422, not ignored."""
     try:
-        form = await request.form(max_files=max_files, max_fields=32)
-    except StarletteHTTPException as exc:
-        if "Too many files" in str(exc.detail):
-            raise ServiceError(413, f"too many files; at most {max_files} per request") from None
-        raise ServiceError(400, f"malformed multipart body: {exc.detail}") from None
-    except Exception as exc:  # noqa: BLE001 - python-multipart reports malformed bodies its own way
+        reader = multipart.Reader(request.headers["content-type"], max_files, max_fields=32)
+        async for chunk in request.stream():
+            reader.write(chunk)
+        parts = reader.finish()
+    except multipart.TooManyFiles:
+        raise ServiceError(413, f"too many files; at most {max_files} per request") from None
+    except multipart.MultipartError as exc:
         raise ServiceError(400, f"malformed multipart body: {exc}") from None
-    if unknown := [k for k in form if k != "files"]:
+    if unknown := list(dict.fromkeys(p.name for p in parts if p.name != "files")):
         raise ServiceError(
             422, f"unknown form fields {unknown}; send images as 'files' and options as query parameters"
         )
-    uploads = form.getlist("files")
-    if not uploads:
+    if not parts:
         raise ServiceError(422, "no images: send one or more multipart fields named 'files'")
-    if not all(isinstance(u, UploadFile) for u in uploads):
+    if any(p.filename is None for p in parts):
         raise ServiceError(422, "'files' must be file uploads, not text fields")
-    if len(uploads) > max_files:
-        raise ServiceError(413, f"{len(uploads)} files; at most {max_files} per request")
-    return [(u.filename or f"files[{i}]", await u.read()) for i, u in enumerate(uploads)]
+    return [(p.filename or f"files[{i}]", bytes(p.data)) for i, p in enumerate(parts)]
 
 
 async def read_json(request: Request, max_files: int, form: type[Images]) -> tuple[list, dict]:
