@@ -75,8 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         await runtime.start()
         # What start-up made (the app, the model, the libraries) lives as long as the process: out of the
-        # collector's reach, its full passes stop walking it. They were the slowest requests' wait: p99 at 64
-        # clients 92-96 ms before, 61-65 after (three runs each, bench/README.md 'Against the peers').
+        # collector's reach, its full passes stop walking it, and they were the slowest requests' wait
+        # (bench/README.md, 'Against the peers')
         gc.freeze()
         yield
         await runtime.stop()
