@@ -19,13 +19,16 @@ from .service import ROUTES, load_level
 RATE = 250  # samples per second
 # stage <- the first pattern found walking a sample's stack from its innermost frame outwards
 STAGES = [
-    ("multipart parsing", ("python_multipart/", "starlette/formparsers.py", "starlette/datastructures.py")),
+    ("multipart parsing", ("python_multipart/", "service/multipart.py", "starlette/formparsers.py")),
     ("image decode + preprocess", ("service/images.py", "contract/", "PIL/", "service/model.py")),
     ("response: pooling + JSON", ("service/features.py", "service/spot.py", "orjson", "json_bytes")),
     ("metrics", ("prometheus_client/",)),
     ("batcher hand-off (queue, futures, thread)", ("service/batcher.py", "concurrent/futures/", "asyncio/queues.py")),
     ("request parameters + routing (FastAPI)", ("fastapi/", "pydantic")),
-    ("ASGI middleware + responses (Starlette)", ("starlette/", "service/app.py", "service/routes/", "service/runtime.py")),
+    (
+        "ASGI middleware + responses (Starlette)",
+        ("starlette/", "service/app.py", "service/direct.py", "service/routes/", "service/runtime.py"),
+    ),
     ("HTTP protocol (uvicorn/httptools)", ("uvicorn/", "httptools")),
     ("event loop, other", ("",)),
 ]
