@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import Request
 from pydantic import BaseModel, Field, ValidationError
+from starlette.requests import ClientDisconnect
 
 from . import multipart
 from .features import DTYPES, ENCODINGS, NORMALIZE, POOLS
@@ -95,10 +96,13 @@ JSON_FORMS: dict[type[BaseModel], type[Images]] = {FeatureOptions: FeaturesJson,
 async def read_images(request: Request, max_files: int, options: type[BaseModel]) -> tuple[list, dict]:
     """[(name, bytes)] and the options found in a JSON body (the query's are read by `query_options`)."""
     content_type = request.headers.get("content-type", "").lower()  # media types ignore case
-    if content_type.startswith("multipart/form-data"):
-        return await read_form(request, max_files), {}
-    if content_type.startswith("application/json"):
-        return await read_json(request, max_files, JSON_FORMS[options])
+    try:
+        if content_type.startswith("multipart/form-data"):
+            return await read_form(request, max_files), {}
+        if content_type.startswith("application/json"):
+            return await read_json(request, max_files, JSON_FORMS[options])
+    except ClientDisconnect:  # nobody reads the answer, but the log says what happened, without a traceback
+        raise ServiceError(400, "the client closed the connection before sending the whole body") from None
     raise ServiceError(415, "send multipart/form-data (field 'files') or application/json (base64 'images')")
 
 

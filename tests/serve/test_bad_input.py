@@ -121,3 +121,25 @@ def test_animated_and_rotated_images_are_accepted(client, name, data):
     expected = (40, 40) if name == "animated gif" else (60, 30)  # (height, width) after the EXIF rotation
     assert (item["height"], item["width"]) == expected
     assert np.asarray(item["heatmap"]["values"]).shape == expected
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=xyz", "application/json"])
+def test_a_client_gone_mid_body_is_a_400_in_the_metrics_not_a_traceback(server, client, content_type):
+    import socket
+    import time
+
+    def counted() -> float:
+        line = 'spot_requests_total{route="/features",status="400"} '
+        return next((float(x.split()[-1]) for x in client.get("/metrics").text.splitlines() if x.startswith(line)), 0)
+
+    before = counted()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:  # 10 of the 100,000 bytes promised
+        sock.sendall(f"POST /features HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\n"
+                     f"Content-Length: 100000\r\nX-Request-ID: gone-mid-body\r\n\r\n--xyz\r\nCon".encode())  # fmt: skip
+        time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while counted() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counted() == before + 1
+    assert "Exception in ASGI application" not in server.output()
+    assert client.get("/readyz").json()["ready"] is True
