@@ -7,6 +7,7 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from .. import oip
 from ..requests import inline_refs
@@ -90,6 +91,8 @@ async def infer(request: Request, model_name: str, model_version: str | None):
         return oip.infer_response(model, answer.outputs, answer.work.context)
     except ServiceError as exc:
         return as_error(exc)
+    except ClientDisconnect:  # nobody reads the answer, but the log says what happened, without a traceback
+        return as_error(ServiceError(400, "the client closed the connection before sending the whole body"))
 
 
 @router.post("/repository/index", summary="Model repository index")
