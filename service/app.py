@@ -18,7 +18,7 @@ from starlette.routing import Match
 
 from . import __version__, logs, oip
 from .config import Settings, get_settings
-from .direct import DirectRoutes
+from .direct import DirectRoutes, refused
 from .metrics import Metrics
 from .routes import features, health, spot
 from .routes import oip as oip_routes
@@ -117,9 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
-    async def refused(request: Request, exc: ServiceError) -> JSONResponse:
-        """FastAPI's own shape, as its HTTPException has it: `{"detail": ...}`."""
-        return JSONResponse({"detail": exc.detail}, exc.status, headers=exc.headers)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return refused(exc)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -20,6 +20,11 @@ from starlette.routing import Match
 from .runtime import ServiceError
 
 
+def refused(exc: ServiceError) -> JSONResponse:
+    """FastAPI's own shape, as its HTTPException has it: `{"detail": ...}` (the app's handler writes it too)."""
+    return JSONResponse({"detail": exc.detail}, exc.status, headers=exc.headers)
+
+
 class DirectRoutes:
     """ASGI middleware: a request that fully matches one of `routes` is answered by calling its endpoint
     with the Request and the path's parameters (it returns a Response). A ServiceError becomes FastAPI's
@@ -38,6 +43,6 @@ class DirectRoutes:
                     try:
                         response = await route.endpoint(Request(scope, receive), **scope["path_params"])
                     except ServiceError as exc:
-                        response = JSONResponse({"detail": exc.detail}, exc.status, headers=exc.headers)
+                        response = refused(exc)
                     return await response(scope, receive, send)
         await self.app(scope, receive, send)

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from .. import oip
-from ..requests import inline_refs
+from ..requests import client_gone, inline_refs
 from ..runtime import ServiceError, Work
 from . import runtime_of
 
@@ -91,8 +91,8 @@ async def infer(request: Request, model_name: str, model_version: str | None):
         return oip.infer_response(model, answer.outputs, answer.work.context)
     except ServiceError as exc:
         return as_error(exc)
-    except ClientDisconnect:  # nobody reads the answer, but the log says what happened, without a traceback
-        return as_error(ServiceError(400, "the client closed the connection before sending the whole body"))
+    except ClientDisconnect:
+        return as_error(client_gone())
 
 
 @router.post("/repository/index", summary="Model repository index")

@@ -41,3 +41,9 @@ def huge_png_header() -> bytes:
     data[16:24] = (100000).to_bytes(4, "big") + (100000).to_bytes(4, "big")  # IHDR width, height
     data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # a valid chunk: only the size is hostile
     return bytes(data)
+
+
+def requests_counted(metrics: str, route: str, status: str) -> float:
+    """spot_requests_total for `route` and `status` in a /metrics text (0 before the first)."""
+    line = f'spot_requests_total{{route="{route}",status="{status}"}} '
+    return next((float(x.split()[-1]) for x in metrics.splitlines() if x.startswith(line)), 0.0)

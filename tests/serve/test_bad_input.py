@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .helpers import GOOD, PHOTO, huge_png_header, png_bytes
+from .helpers import GOOD, PHOTO, huge_png_header, png_bytes, requests_counted
 
 
 def _animated_gif() -> bytes:
@@ -138,9 +138,7 @@ def test_a_client_gone_mid_body_is_a_400_in_the_metrics_not_a_traceback(server, 
     import time
 
     def counted() -> float:
-        route = path.replace("spot-tiny", "{model_name}")
-        line = f'spot_requests_total{{route="{route}",status="400"}} '
-        return next((float(x.split()[-1]) for x in client.get("/metrics").text.splitlines() if x.startswith(line)), 0)
+        return requests_counted(client.get("/metrics").text, path.replace("spot-tiny", "{model_name}"), "400")
 
     before = counted()
     with socket.create_connection(("127.0.0.1", server.port)) as sock:  # 10 of the 100,000 bytes promised

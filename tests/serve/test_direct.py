@@ -10,7 +10,7 @@ from service.app import create_app
 from service.config import Settings
 from service.routes import features
 
-from .helpers import GOOD
+from .helpers import GOOD, requests_counted
 
 
 def test_answers_and_refusals_are_fastapis(client):
@@ -36,11 +36,6 @@ def in_process(model_dir, calls):
     return asyncio.run(run())
 
 
-def counted(metrics: str, route: str, status: str) -> float:
-    line = f'spot_requests_total{{route="{route}",status="{status}"}} '
-    return next((float(x.split()[-1]) for x in metrics.splitlines() if x.startswith(line)), 0.0)
-
-
 def test_a_bug_is_a_500_naming_the_request_and_counted_under_its_route(model_dir, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
@@ -55,7 +50,7 @@ def test_a_bug_is_a_500_naming_the_request_and_counted_under_its_route(model_dir
     failed, after, metrics = in_process(model_dir, calls)
     assert failed.status_code == 500 and failed.headers["x-request-id"] == "bug-9"
     assert failed.json() == {"detail": "internal error (request bug-9)"}
-    assert counted(metrics, "/features", "500") == 1 and after.status_code == 200
+    assert requests_counted(metrics, "/features", "500") == 1 and after.status_code == 200
 
 
 def test_what_start_up_made_is_frozen_out_of_the_collectors_reach_until_shutdown(model_dir):
