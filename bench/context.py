@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import time
+from pathlib import Path
 
 import onnxruntime as ort
 
@@ -13,7 +14,8 @@ from .server import REPO
 
 
 def hardware() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "onnxruntime": ort.__version__,
             "providers": ort.get_available_providers()}  # fmt: skip
 

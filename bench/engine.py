@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from contract.views import centre_view
 from service.images import decode
 from service.model import HEAD_OUTPUTS, ExportedModel, cut_graph
-from contract.views import centre_view
 
 from .context import commit, hardware, timed
 from .load import jpeg_crops
@@ -78,13 +78,13 @@ def onnxruntime_rows(model: ExportedModel, jpegs: list[bytes], seconds: float) -
         x = rng.uniform(-120, 130, (b, 3, model.size, model.size)).astype(np.float32)
         chunk = [jpegs[i % len(jpegs)] for i in range(b)]
 
-        def decode_and_run(names):
+        def decode_and_run(names, chunk=chunk):
             rgbs = [decode(data, "x.jpg", 50_000_000, {"JPEG"}) for data in chunk]
             model.run(model.normalize_batch([centre_view(rgb, model.size, model.crop_fraction) for rgb in rgbs]), names)
 
         for suffix, names in (("", HEAD_OUTPUTS), ("_trunk", model.layers)):
-            rows[f"onnxruntime{suffix}"][b] = timed(lambda: model.run(x, names), b, seconds)
-            rows[f"onnxruntime{suffix}_with_decode"][b] = timed(lambda: decode_and_run(names), b, seconds)
+            rows[f"onnxruntime{suffix}"][b] = timed(lambda x=x, names=names: model.run(x, names), b, seconds)
+            rows[f"onnxruntime{suffix}_with_decode"][b] = timed(lambda names=names: decode_and_run(names), b, seconds)
     return rows
 
 
@@ -104,10 +104,10 @@ def pytorch_rows(meta: dict, seconds: float) -> dict:
     for b in BATCHES:
         x = torch.randn(b, 3, size, size) * 60
         with torch.inference_mode():
-            rows["pytorch_fp32"][b] = timed(lambda: whole(x), b, seconds)
-            rows["pytorch_trunk_fp32"][b] = timed(lambda: disc.forward_intermediates(x), b, seconds)
+            rows["pytorch_fp32"][b] = timed(lambda x=x: whole(x), b, seconds)
+            rows["pytorch_trunk_fp32"][b] = timed(lambda x=x: disc.forward_intermediates(x), b, seconds)
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                rows["pytorch_bf16"][b] = timed(lambda: whole(x), b, seconds)
+                rows["pytorch_bf16"][b] = timed(lambda x=x: whole(x), b, seconds)
     return rows
 
 
@@ -123,8 +123,9 @@ def table(report: dict) -> str:
     """Model, FLOPs and peak in a sentence, then images/s per batch size for every row."""
     flop = 2 * report["macs_per_image"]
     lines = [
-        f"Model `{report['model_dir']}`: {flop / 1e6:.1f} MFLOP per image, {2 * report['trunk_macs_per_image'] / 1e6:.1f}"
-        f" in the trunk (Conv + Gemm multiply-adds x 2, from the ONNX graph). Peak: {report['peak_gflops']:.0f} GFLOP/s, an"
+        f"Model `{report['model_dir']}`: {flop / 1e6:.1f} MFLOP per image,"
+        f" {2 * report['trunk_macs_per_image'] / 1e6:.1f} in the trunk (Conv + Gemm multiply-adds x 2, from the ONNX"
+        f" graph). Peak: {report['peak_gflops']:.0f} GFLOP/s, an"
         " fp32 2048x2048 matrix product in ONNX Runtime on all cores (the practical peak, not the data-sheet one).",
         "",
         "| batch | " + " | ".join(report["rows"]) + " | ONNX Runtime / PyTorch fp32, whole graph | same, trunk"

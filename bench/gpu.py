@@ -77,12 +77,12 @@ def engine_rows(model_dir: Path, device: str, seconds: float) -> dict:
                 start = time.perf_counter()
                 session.run(None, {"images": x})
                 first_call_ms[name][str(b)] = 1000 * (time.perf_counter() - start)
-                rows[name][str(b)] = timed(lambda: session.run(None, {"images": x}), b, seconds)
+                rows[name][str(b)] = timed(lambda s=session, x=x: s.run(None, {"images": x}), b, seconds)
             out = session.run(None, {"images": x_all[:16]})
             if reference is None:
                 reference = out
             else:
-                max_abs_diff[name] = max(float(np.abs(a - r).max()) for a, r in zip(out, reference))
+                max_abs_diff[name] = max(float(np.abs(a - r).max()) for a, r in zip(out, reference, strict=False))
             print(name, {b: round(v) for b, v in rows[name].items()}, flush=True)
     return {"rows": rows, "first_call_ms": first_call_ms, "max_abs_diff_vs_cpu": max_abs_diff}
 
@@ -117,7 +117,7 @@ def measure(
     model_dir: Path, photos: Path, device: str, clients: list[int], seconds: float, engine_seconds: float, workers: int
 ) -> dict:
     """The whole GPU variant for one model (the suite calls this where ONNX Runtime has CUDA)."""
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     run = {
         "started": started.isoformat(timespec="seconds"),
         "hardware": {**hardware(), "gpu": gpu_name()},
@@ -126,7 +126,7 @@ def measure(
         "engine": engine_rows(model_dir, device, engine_seconds),
         "service": service_rows(model_dir, photos, device, clients, seconds, workers),
     }
-    run["minutes"] = round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds() / 60, 1)
+    run["minutes"] = round((datetime.datetime.now(datetime.UTC) - started).total_seconds() / 60, 1)
     return run
 
 
@@ -151,14 +151,17 @@ def summary(r: dict) -> list[str]:
             continue
         w = svc[f"{route}_workers"]
         c, row = report.best(w["on"])
-        line = f"- `/{route}` with `SPOT_WORKERS={w['workers']}` sharing the GPU: {row['images_per_s']:.0f} img/s ({c} clients)"
+        line = f"- `/{route}` with `SPOT_WORKERS={w['workers']}` sharing the GPU: {row['images_per_s']:.0f} img/s"
+        line += f" ({c} clients)"
         if "16" in w["on"] and "16" in w.get("off", {}):
-            line += f"; batching on / off at 16 clients **{w['on']['16']['images_per_s'] / w['off']['16']['images_per_s']:.2f}**"
+            on_off = w["on"]["16"]["images_per_s"] / w["off"]["16"]["images_per_s"]
+            line += f"; batching on / off at 16 clients **{on_off:.2f}**"
         out.append(line)
     for part in ("trunk", "heads"):
         b32, b16, bc = (max(eng[f"{k}_{part}"].values()) for k in (f"{dev}_fp32", f"{dev}_fp16", "cpu_fp32"))
         out.append(
-            f"- engine, {part}: best {dev} fp32 / best CPU fp32 (same machine) **{b32 / bc:.2f}**, fp16 / fp32 **{b16 / b32:.2f}**"
+            f"- engine, {part}: best {dev} fp32 / best CPU fp32 (same machine) **{b32 / bc:.2f}**,"
+            f" fp16 / fp32 **{b16 / b32:.2f}**"
         )
     return out
 

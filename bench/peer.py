@@ -79,8 +79,9 @@ def perf_sweep(url: str, model: str, inputs: Path, per: int, clients: list[int],
     return {str(c): perf_analyzer.run(url, "grpc", model, inputs, per, c, int(1000 * seconds / 2)) for c in clients}
 
 
-def measure_server(name: str, url: str, grpc: str | None, jpeg: str, route: str, oip_binary: bool, oip_model: str | None,
-                   data: dict, clients: list[int], seconds: float, tmp: Path) -> dict:  # fmt: skip
+def measure_server(name: str, url: str, grpc: str | None, jpeg: str, route: str, oip_binary: bool,
+                   oip_model: str | None, data: dict, clients: list[int], seconds: float,
+                   tmp: Path) -> dict:  # fmt: skip
     """Every row one server takes part in; its answer to the first upload checked against the reference."""
     out: dict = {"jpeg": {}, "oip_http": {}, "oip_grpc": {}}
     for per in PER_REQUEST:
@@ -111,8 +112,8 @@ def measure_ours(model_dir: Path, data: dict, clients: list[int], seconds: float
     grpc_port = free_port()
     server = Server(model_dir, ready="/readyz", access_log="false", workers="0", grpc_port=str(grpc_port))
     try:
-        rows = measure_server("ours", server.url, f"127.0.0.1:{grpc_port}", "files", OURS_ROUTE, True, data["model_name"],
-                              data, clients, seconds, tmp)  # fmt: skip
+        rows = measure_server("ours", server.url, f"127.0.0.1:{grpc_port}", "files", OURS_ROUTE, True,
+                              data["model_name"], data, clients, seconds, tmp)  # fmt: skip
     finally:
         server.stop()
     return {"settings": "python -m service defaults: SPOT_WORKERS=0 (a process per core), batching max 64, 2 ms"
@@ -170,7 +171,8 @@ def measure(model_dir: Path, photos: Path, clients: list[int], seconds: float, p
         for peer in peers:
             servers[peer.name] = measure_peer(peer, model_dir, data, clients, seconds, tmp)
     return {"model_dir": str(model_dir), "clients": clients, "seconds": seconds, "per_request": list(PER_REQUEST),
-            "load": {"http": "wrk 4.2 (Debian), one thread", "grpc": f"perf_analyzer ({perf_analyzer.REQUIREMENTS[0]})"},
+            "load": {"http": "wrk 4.2 (Debian), one thread",
+                     "grpc": f"perf_analyzer ({perf_analyzer.REQUIREMENTS[0]})"},
             "servers": servers}  # fmt: skip
 
 

@@ -53,7 +53,8 @@ def target_rows(result: dict) -> tuple[list[str], dict]:
             else f"missed: lowest {low:.2f}" + ("" if p99_ok else "; a p99 higher")
         )
         lines.append(f"| ours / best peer at the same concurrency (BentoML, LitServe, MLServer, PyTriton; one image per"
-                     f" request, the server decodes) | {'; '.join(cells)} | >= {GOAL_UPLOAD}, p99 no higher | {verdict} |")  # fmt: skip
+                     f" request, the server decodes) | {'; '.join(cells)} | >= {GOAL_UPLOAD}, p99 no higher"
+                     f" | {verdict} |")  # fmt: skip
     oip_ratios, cells = {}, []
     for level in OIP_LEVELS:
         mine = max((row for _, rows in oip("ours", ours) for lv, row in rows.items() if lv == level),
@@ -64,7 +65,8 @@ def target_rows(result: dict) -> tuple[list[str], dict]:
             cells.append(f"{level} clients **{oip_ratios[level]:.2f}** vs {found[0]}")
     if oip_ratios:
         low = min(oip_ratios.values())
-        lines.append(f"| ours / best peer, Open Inference Protocol (preprocessed tensor, one image per request; ours' better"
+        lines.append(f"| ours / best peer, Open Inference Protocol (preprocessed tensor, one image per request;"
+                     f" ours' better"
                      f" transport against the best peer's) | {'; '.join(cells)} | >= {GOAL_OIP} at 16 and 64 |"
                      f" {'met' if low >= GOAL_OIP else f'missed: lowest {low:.2f}'} |")  # fmt: skip
     return lines, {"ours_vs_best_peer": ratios, "ours_vs_best_peer_oip": oip_ratios}
@@ -91,7 +93,8 @@ def tables(result: dict) -> list[str]:
     names = [n for n, r in servers.items() if r.get("jpeg")]
     for per in map(str, result["per_request"]):
         out += ["", f"Uploads, {per} image{'s' if per != '1' else ''} per request: img/s (p99 ms)", "",
-                "| clients | " + " | ".join(names) + " | ours / best peer |", "|---|" + "---|" * (len(names) + 1)]  # fmt: skip
+                "| clients | " + " | ".join(names) + " | ours / best peer |",
+                "|---|" + "---|" * (len(names) + 1)]  # fmt: skip
         for level in map(str, result["clients"]):
             found = best_peer(result, lambda n, r, per=per: uploads(n, r, per), level)
             ours = servers["ours"]["jpeg"].get(per, {}).get(level)
@@ -103,7 +106,8 @@ def tables(result: dict) -> list[str]:
     for per in map(str, result["per_request"]):
         out += ["", f"Open Inference Protocol, a preprocessed tensor of {per} image{'s' if per != '1' else ''} per"
                 " request, conv5 back: img/s (p99 ms)", "",
-                "| clients | " + " | ".join(f"{n} {label}" for n, _, label in columns) + " | ours (better) / best peer |",
+                "| clients | " + " | ".join(f"{n} {label}" for n, _, label in columns)
+                + " | ours (better) / best peer |",
                 "|---|" + "---|" * (len(columns) + 1)]  # fmt: skip
         for level in map(str, result["clients"]):
             found = best_peer(result, lambda n, r, per=per: oip(n, r, per), level)
@@ -127,8 +131,11 @@ def plot(result: dict, path: Path) -> None:
             axes[0].plot([int(c) for c in rows], [x["images_per_s"] for x in rows.values()], "o-", label=label)
         for label, rows in oip(name, r):
             axes[1].plot([int(c) for c in rows], [x["images_per_s"] for x in rows.values()], "o-", label=label)
-    for ax, title in zip(axes, ("uploads: one JPEG per request, server decodes",
-                                "Open Inference Protocol: one preprocessed image per request"), strict=True):  # fmt: skip
+    titles = (
+        "uploads: one JPEG per request, server decodes",
+        "Open Inference Protocol: one preprocessed image per request",
+    )
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel("images / s")

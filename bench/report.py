@@ -236,8 +236,9 @@ def markdown(s: dict, gpu_run: dict | None = None) -> str:
         load = prof["load"]
         total = sum(prof["gil_ms_per_request"].values())
         out += [
-            f"`{prof['route']}` at {prof['clients']} clients ({load['req_per_s']:.0f} req/s, {load['images_per_run']:.1f}"
-            f" images per run), sampled by py-spy at 250 Hz while the event-loop thread held the GIL. That thread"
+            f"`{prof['route']}` at {prof['clients']} clients ({load['req_per_s']:.0f} req/s,"
+            f" {load['images_per_run']:.1f} images per run), sampled by py-spy at 250 Hz while the event-loop thread"
+            f" held the GIL. That thread"
             f" held it {100 * prof['gil_share_of_wall_time']:.0f}% of the time, {total:.2f} ms per request: on its own"
             f" that caps one process at {1000 / total:.0f} requests/s. Meanwhile the other threads (ONNX Runtime)"
             f" used {load['other_threads_ms_per_image']:.2f} ms of CPU per image and the whole server"

@@ -33,7 +33,7 @@ class ServerProcess:
     ):
         self.port, self.stop_timeout = port, stop_timeout
         self.url = f"http://127.0.0.1:{port}"
-        self.log = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stall the server
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (kept open for the server's life; a pipe could fill and stall it)
         # its own process group, so that stop() also ends what it spawned (LitServe's workers outlived it)
         self.proc = subprocess.Popen(
             cmd, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True

@@ -23,7 +23,7 @@ def process_tree(pid: int) -> list[int]:
     while i < len(pids):
         try:
             tids = os.listdir(f"/proc/{pids[i]}/task")
-            pids += [int(c) for t in tids for c in open(f"/proc/{pids[i]}/task/{t}/children").read().split()]
+            pids += [int(c) for t in tids for c in Path(f"/proc/{pids[i]}/task/{t}/children").read_text().split()]
         except FileNotFoundError:  # it just ended
             pass
         i += 1
@@ -41,7 +41,7 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
             continue
         for tid in tids:
             try:
-                stat = open(f"/proc/{proc}/task/{tid}/stat").read()
+                stat = Path(f"/proc/{proc}/task/{tid}/stat").read_text()
             except FileNotFoundError:  # a thread that just ended
                 continue
             fields = stat[stat.rindex(")") + 2 :].split()

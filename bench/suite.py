@@ -1,7 +1,8 @@
 """The whole benchmark suite in one run: the engine limit, the service over a concurrency sweep (/features
 and /spot, batching on and off, 1 and 16 images per request), the peers (BentoML, LitServe, MLServer,
 PyTriton) against ours on the shipped model (bench/peer.py), training throughput, the GPU variant where a
-GPU is present, and a profile of where the service's time goes. Writes bench/results/suite.json, bench/RESULTS.md and the plots beside them.
+GPU is present, and a profile of where the service's time goes. Writes bench/results/suite.json,
+bench/RESULTS.md and the plots beside them.
 
     python -m bench                 # about 30 minutes on 2 cores; --quick for a smoke run
 """
@@ -89,7 +90,7 @@ def main() -> None:
     if args.quick:
         args.clients, args.seconds, args.engine_seconds, args.presets = [1, 4], 1, 0.05, []
     model_dir = (args.model_dir or full_width_model()).resolve()
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     jpegs = jpeg_crops(args.photos)
     with tempfile.TemporaryDirectory() as tmp:
         bodies = {k: write_bodies(jpegs, Path(tmp) / f"x{k}", per_request=k) for k in (1, 16)}
@@ -150,7 +151,7 @@ def main() -> None:
         "command": "python -m bench " + " ".join(sys.argv[1:]),
         "commit": commit(),
         "started": started.isoformat(timespec="seconds"),
-        "minutes": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds() / 60, 1),
+        "minutes": round((datetime.datetime.now(datetime.UTC) - started).total_seconds() / 60, 1),
         "hardware": hardware(),
         "model_dir": str(model_dir.relative_to(REPO) if model_dir.is_relative_to(REPO) else model_dir),
         "clients": args.clients,

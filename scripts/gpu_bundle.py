@@ -2,8 +2,9 @@
 the device tool's 64 MiB per call (bench/README.md, "GPU variant"):
 
     .gpu/c1/cuda.so.xz   onnxruntime-gpu's CUDA provider with sm_90 (H100/H200) machine code only
-    .gpu/carry/          the rest of onnxruntime-gpu (unpacked there by setup.sh), the [serve] wheels its image lacks (CPython 3.12: the
-                         image's own python; numpy, pillow, onnx, httpx, prometheus-client are there),
+    .gpu/carry/          the rest of onnxruntime-gpu (unpacked there by setup.sh), the [serve] wheels its image
+                         lacks (CPython 3.12: the image's own python; numpy, pillow, onnx, httpx,
+                         prometheus-client are there),
                          wrk, photos, run.sh
 
 The CUDA provider library is 284 MB, 218 MB of it fatbins (machine code for sm_75..sm_120). Every fatbin
@@ -32,7 +33,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 ORT_GPU = "onnxruntime-gpu==1.31.1"  # the version pyproject pins for onnxruntime
-WHEELS = ["fastapi==0.165.0", "fastapi-offline==1.7.7", "asgi-correlation-id==5.0.1", "python-json-logger==4.2.0", "starlette==1.10.0", "pydantic==2.14.4", "pydantic_core==2.50.5",
+WHEELS = ["fastapi==0.165.0", "fastapi-offline==1.7.7", "asgi-correlation-id==5.0.1", "python-json-logger==4.2.0",
+          "starlette==1.10.0", "pydantic==2.14.4", "pydantic_core==2.50.5",
           "pydantic-settings==2.16.3", "python-dotenv==1.2.4", "python-multipart==0.0.34", "orjson==3.13.0",
           "uvicorn==0.54.0", "httptools==0.9.0", "annotated-types==0.8.0", "typing-inspection==0.4.5",
           "typing_extensions==4.16.0", "annotated-doc==0.0.7", "opentelemetry-api==1.45.2"]  # fmt: skip
@@ -42,8 +44,9 @@ FATBIN_MAGIC = 0xBA55ED50
 
 
 def download(names: list[str], folder: Path) -> None:
+    platforms = [a for p in PLATFORMS for a in ("--platform", p)]
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
-           "3.12", "--implementation", "cp", *[a for p in PLATFORMS for a in ("--platform", p)], "-d", str(folder)]  # fmt: skip
+           "3.12", "--implementation", "cp", *platforms, "-d", str(folder)]  # fmt: skip
     subprocess.run(cmd + names, check=True)
 
 

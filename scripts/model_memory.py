@@ -18,7 +18,7 @@ from service.model import HEAD_OUTPUTS, ExportedModel  # noqa: E402
 
 
 def rss_mib() -> float:
-    for line in open("/proc/self/status"):
+    for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS in /proc/self/status")

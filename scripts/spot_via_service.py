@@ -22,8 +22,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.server import Server  # noqa: E402
 from training import checkpoint  # noqa: E402
-from training.steps import make_pair  # noqa: E402
 from training.spot_eval import heldout_as_stored  # noqa: E402
+from training.steps import make_pair  # noqa: E402
 
 
 def png(image: torch.Tensor) -> bytes:

@@ -7,7 +7,8 @@ Python callable behind them, serving two models that do the work of our routes (
 
 Run in its own environment (`.venv-pytriton`):
 
-    SPOT_MODEL_DIR=models/spot-tiny64 PEER_PORT=8000 PEER_GRPC_PORT=8001 .venv-pytriton/bin/python -m bench.peers.pytriton_app
+    SPOT_MODEL_DIR=models/spot-tiny64 PEER_PORT=8000 PEER_GRPC_PORT=8001 \
+        .venv-pytriton/bin/python -m bench.peers.pytriton_app
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ class PeerServer(ServerProcess):
         port, self.grpc_port = free_port(), free_port()
         cmd = [str(peer.venv / c) if c.startswith("bin/") else c.replace("{port}", str(port)) for c in peer.command]
         env = dict(os.environ, SPOT_MODEL_DIR=str(model_dir), PYTHONPATH=str(REPO), VIRTUAL_ENV=str(peer.venv),
-                   PEER_PORT=str(port), PEER_GRPC_PORT=str(self.grpc_port), PEER_METRICS_PORT=str(free_port()))  # fmt: skip
+                   PEER_PORT=str(port), PEER_GRPC_PORT=str(self.grpc_port),
+                   PEER_METRICS_PORT=str(free_port()))  # fmt: skip
         env.pop("OMP_NUM_THREADS", None)
         super().__init__(cmd, port, env, peer.ready, timeout, stop_timeout=30)
 
