@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", type=Path, required=True, help="an exported model folder (model.onnx + model.json)")
     p.add_argument("--out", type=Path, required=True, help="the checkpoint to write")
+    p.add_argument(
+        "--network",
+        choices=("disc", "features"),
+        default="disc",
+        help="the discriminator (the heads' network, default) or the feature network of a --features-from export",
+    )
     sub.add_parser("keys", help="list every config key")
     return parser
 
@@ -242,7 +248,7 @@ def cmd_curve(args, rest: list[str]) -> None:
 def cmd_recover(args, rest: list[str]) -> None:
     from .recover import recover
 
-    print(json.dumps(recover(args.model, args.out), indent=2))
+    print(json.dumps(recover(args.model, args.out, network=args.network), indent=2))
 
 
 COMMANDS = {

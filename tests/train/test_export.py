@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from contract.spec import file_sha256
+from training import checkpoint
 from training.export import LAYERS, OUTPUTS, SpotExport, best_probe_layer, load_discriminator, real_batch
 from training.probe import probe_summary, probe_tables
 
@@ -288,4 +289,33 @@ def test_recover_refuses_a_graph_of_another_architecture(exported, tmp_path):
     (folder / "model.json").write_text((exported / "spot-tiny" / "model.json").read_text())
     result = run_cli("recover", "--model", str(folder), "--out", str(tmp_path / "x.pt"))
     assert result.returncode != 0 and "conv3" in result.stderr
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_recover_rebuilds_each_network_of_a_combined_export(exported, tmp_path):
+    """An export with --features-from holds two networks: `recover --network features` gives back the
+    feature network's conv1..conv5 (the start of a run that trains those features on), `--network disc`
+    the heads' network, each equal to the checkpoint it came from; an export of one network has no
+    feature network to recover."""
+    perturbed_copy(exported / "run" / "checkpoint.pt", "disc", 0.05, tmp_path / "other")
+    out = tmp_path / "combined"
+    result = run_cli("export", "--checkpoint", str(exported / "run" / "checkpoint.pt"), "--out", str(out),
+                     "--features-from", str(tmp_path / "other" / "checkpoint.pt"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, cfg, _ = load_discriminator(exported / "run" / "checkpoint.pt")
+    x = real_batch(cfg, 8)
+    for network, source in (("features", tmp_path / "other"), ("disc", exported / "run")):
+        result = run_cli("recover", "--model", str(out), "--out", str(tmp_path / f"{network}.pt"), "--network", network)
+        assert result.returncode == 0, result.stderr[-3000:]
+        recovered, _, _ = load_discriminator(tmp_path / f"{network}.pt")
+        original, _, _ = load_discriminator(source / "checkpoint.pt")
+        with torch.no_grad():
+            for a, b in zip(recovered.forward_intermediates(x), original.forward_intermediates(x), strict=True):
+                assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(b.abs().max()))), network
+    features_meta = json.loads((out / "model.json").read_text())["features_from"]
+    assert checkpoint.load(tmp_path / "features.pt")["command"] == features_meta["command"]
+
+    result = run_cli("recover", "--model", str(exported / "spot-tiny"), "--out", str(tmp_path / "x.pt"),
+                     "--network", "features")  # fmt: skip
+    assert result.returncode != 0 and "no separate features network" in result.stderr
     assert not (tmp_path / "x.pt").exists()
