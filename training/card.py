@@ -33,8 +33,8 @@ def features_section(meta: dict) -> str:
     if not f:
         return ""
     return f"""Feature outputs `conv1`..`conv5` come from another checkpoint than the heads (`real_logit`,
-`mask_logits`): the self-supervised discriminator as the game left it, whose features the detect stage
-would otherwise trade for spotting.
+`mask_logits`): the self-supervised feature network (its training below), whose features the detect
+stage would otherwise trade for spotting.
 - Features from: `{f["checkpoint"]}`; steps: {f["steps"]}; wall time: {wall_time(f)}
 - Hardware: {f["hardware"]}
 - Training command: `{f["command"]}`

@@ -122,9 +122,12 @@ def init_provenance(cfg) -> dict | None:
     """A run that started from another run's networks: the stages they come from (ae for the autoencoder,
     spot for the discriminator and repair net) with their steps, and the other run's wall time when the
     last of them ended (its summary.jsonl; cumulative), so a card's wall time covers them; and where that
-    run started from yet another, its own provenance, nested."""
+    run started from yet another, its own provenance, nested. A checkpoint that `recover` rebuilt from an
+    export has no run folder: it carries that provenance itself."""
     if not cfg.train.init_from:
         return None
+    if recovered := recovered_provenance(cfg):
+        return recovered
     config = Path(cfg.train.init_from).parent / "config.json"
     before = init_provenance(Config.from_dict(json.loads(config.read_text()))) if config.exists() else None
     summary = Path(cfg.train.init_from).parent / "summary.jsonl"
@@ -137,6 +140,24 @@ def init_provenance(cfg) -> dict | None:
         "stages": {s["stage"]: s["steps"] for s in taken},
         "wall_time_s": taken[-1]["wall_time_s"] if taken else None,
         **({"initialised_from": before} if before else {}),
+    }
+
+
+def recovered_provenance(cfg) -> dict | None:
+    """init_provenance of a run that started from a recovered checkpoint: what its model.json said."""
+    path = Path(cfg.train.init_from)
+    if not path.exists() or (path.parent / "summary.jsonl").exists():
+        return None
+    state = checkpoint.load(path)
+    if not state.get("recovered_from"):
+        return None
+    return {
+        "checkpoint": cfg.train.init_from,
+        "networks": cfg.train.init_networks,
+        "stages": {state["stage"]: state["step"]},
+        "wall_time_s": float(state.get("wall_time", 0.0)),
+        "recovered_from": state["recovered_from"],
+        **({"initialised_from": state["initialised_from"]} if state.get("initialised_from") else {}),
     }
 
 

@@ -33,6 +33,9 @@ TABLES = [
             ("the same + 7,500 more again", "tiny64-quirk-more2-tin"),
             ("the same + 7,500 more a third time", "tiny64-quirk-more3-tin"),
             ("the same + 7,500 more a fourth time", "tiny64-quirk-more4-tin"),
+            ("version 7's features + 7,500 steps of rotations (RotNet's pretext)", "tiny64-v7-rot7500-tin"),
+            ("version 7's features + 15,000 steps of rotations", "tiny64-v7-rot15k-tin"),
+            ("version 7's features + 7,500 steps of rotations, lr 1e-4", "tiny64-v7-rot7500-lr1e-4-tin"),
         ],
     ),
     (
@@ -52,6 +55,9 @@ TABLES = [
             ("the same + 7,500 more again", "tiny64-quirk-more2-c10"),
             ("the same + 7,500 more a third time", "tiny64-quirk-more3-c10"),
             ("the same + 7,500 more a fourth time", "tiny64-quirk-more4-c10"),
+            ("version 7's features + 7,500 steps of rotations (RotNet's pretext)", "tiny64-v7-rot7500-c10"),
+            ("version 7's features + 15,000 steps of rotations", "tiny64-v7-rot15k-c10"),
+            ("version 7's features + 7,500 steps of rotations, lr 1e-4", "tiny64-v7-rot7500-lr1e-4-c10"),
         ],
     ),
     (

@@ -218,6 +218,27 @@ def test_provenance_follows_a_chain_of_runs_and_the_card_adds_them_up(tmp_path):
                     " then 100 s here")  # fmt: skip
 
 
+def test_a_run_from_a_recovered_checkpoint_counts_the_runs_its_model_json_named(tmp_path):
+    """Version 8's features: version 7's feature network recovered from its export (no run folder left), then
+    trained on. The recovered checkpoint carries its runs' provenance, and the card adds their time up."""
+    from training.card import wall_time
+    from training.config import load_config
+    from training.export import init_provenance
+
+    earlier = {"checkpoint": "runs/a/checkpoint.pt", "networks": "ae", "stages": {"ae": 10}, "wall_time_s": 7.0}
+    recovered = tmp_path / "v7-features" / "checkpoint.pt"
+    state = {"config": {}, "stage": "spot", "step": 50, "completed": ["spot"], "networks": {}, "wall_time": 30.0}
+    provenance = {"initialised_from": earlier, "recovered_from": {"model": "m", "network": "features"}}
+    recovered.parent.mkdir()
+    checkpoint.save(recovered, {**state, **provenance})
+    init = init_provenance(load_config("tiny", {"train.init_from": str(recovered), "train.init_networks": "disc"}))
+    assert init["stages"] == {"spot": 50} and init["wall_time_s"] == 30.0 and init["initialised_from"] == earlier
+    assert init["recovered_from"]["network"] == "features"
+    card = wall_time({"wall_time_s": 100.0, "initialised_from": init})
+    assert card == (f"137 s in all: 7 s in the run of `runs/a/checkpoint.pt` (ae 10 steps), 30 s in the run of"
+                    f" `{recovered}` (spot 50 steps), then 100 s here")  # fmt: skip
+
+
 def test_features_from_another_checkpoint_beside_the_heads(exported, tmp_path):
     """--features-from: conv1..conv5 are the other checkpoint's, the heads --checkpoint's, in one graph;
     the service's feature-only and heads-only sessions give the same numbers as the whole graph."""
