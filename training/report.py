@@ -35,7 +35,8 @@ TABLES = [
             ("the same + 7,500 more a fourth time", "tiny64-quirk-more4-tin"),
             ("version 7's features + 7,500 steps of rotations (RotNet's pretext)", "tiny64-v7-rot7500-tin"),
             ("version 7's features + 15,000 steps of rotations", "tiny64-v7-rot15k-tin"),
-            ("version 7's features + 7,500 steps of rotations, lr 1e-4", "tiny64-v7-rot7500-lr1e-4-tin"),
+            ("v7's features + 7,500 steps of rotations, lr 1e-4: v8's features", "tiny64-v7-rot7500-lr1e-4-tin"),
+            ("version 8's features + 7,500 more steps of rotations, lr 1e-4", "tiny64-v8-rot7500-lr1e-4-tin"),
         ],
     ),
     (
@@ -57,7 +58,8 @@ TABLES = [
             ("the same + 7,500 more a fourth time", "tiny64-quirk-more4-c10"),
             ("version 7's features + 7,500 steps of rotations (RotNet's pretext)", "tiny64-v7-rot7500-c10"),
             ("version 7's features + 15,000 steps of rotations", "tiny64-v7-rot15k-c10"),
-            ("version 7's features + 7,500 steps of rotations, lr 1e-4", "tiny64-v7-rot7500-lr1e-4-c10"),
+            ("v7's features + 7,500 steps of rotations, lr 1e-4: v8's features", "tiny64-v7-rot7500-lr1e-4-c10"),
+            ("version 8's features + 7,500 more steps of rotations, lr 1e-4", "tiny64-v8-rot7500-lr1e-4-c10"),
         ],
     ),
     (
