@@ -132,8 +132,9 @@ def init_provenance(cfg) -> dict | None:
     before = init_provenance(Config.from_dict(json.loads(config.read_text()))) if config.exists() else None
     summary = Path(cfg.train.init_from).parent / "summary.jsonl"
     stages = [json.loads(line) for line in summary.read_text().splitlines()] if summary.exists() else []
-    wanted = {"ae"} | ({"spot"} if set(cfg.train.init_networks.split(",")) - {"ae"} else set())
-    taken = [s for s in stages if s["stage"] in wanted]
+    # the autoencoder alone comes from stage 1; a discriminator (or repair net) from every stage the run had
+    whole = set(cfg.train.init_networks.split(",")) - {"ae"}
+    taken = [s for s in stages if whole or s["stage"] == "ae"]
     return {
         "checkpoint": cfg.train.init_from,
         "networks": cfg.train.init_networks,

@@ -216,6 +216,15 @@ def test_provenance_follows_a_chain_of_runs_and_the_card_adds_them_up(tmp_path):
     card = wall_time({"wall_time_s": 100.0, "initialised_from": init})
     assert card == (f"137 s in all: 7 s in the run of `{a}` (ae 10 steps), 30 s in the run of `{b}` (spot 50 steps),"
                     " then 100 s here")  # fmt: skip
+    # a discriminator trained on by another pretext (version 9's features: rotation steps on rotation steps)
+    c = run(
+        "c",
+        [{"stage": "rotation", "steps": 40, "wall_time_s": 12.0}],
+        **{"train.init_from": str(b), "train.init_networks": "disc"},
+    )
+    init = init_provenance(load_config("tiny", {"train.init_from": str(c), "train.init_networks": "disc"}))
+    assert init["stages"] == {"rotation": 40} and init["wall_time_s"] == 12.0
+    assert wall_time({"wall_time_s": 1.0, "initialised_from": init}).startswith("50 s in all: 7 s in the run of")
 
 
 def test_a_run_from_a_recovered_checkpoint_counts_the_runs_its_model_json_named(tmp_path):
