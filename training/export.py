@@ -119,10 +119,10 @@ def real_batch(cfg: Config, count: int = 16) -> torch.Tensor:
 
 
 def init_provenance(cfg) -> dict | None:
-    """A run that started from another run's networks: the stages they come from (ae for the autoencoder,
-    spot for the discriminator and repair net) with their steps, and the other run's wall time when the
-    last of them ended (its summary.jsonl; cumulative), so a card's wall time covers them; and where that
-    run started from yet another, its own provenance, nested. A checkpoint that `recover` rebuilt from an
+    """A run that started from another run's networks: the stages they come from (stage 1 for the autoencoder
+    alone; every stage of that run for a discriminator or repair net) with their steps, and the other run's
+    wall time when the last of them ended (its summary.jsonl; cumulative), so a card's wall time covers them;
+    and where that run started from yet another, its own provenance, nested. A checkpoint that `recover` rebuilt from an
     export has no run folder: it carries that provenance itself."""
     if not cfg.train.init_from:
         return None

@@ -14,6 +14,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .probe import LAYERS, gap_closed  # noqa: E402
 
+# The 64 px rows, probed on both test sets: (label, run); the probe files are <run>-tin and <run>-c10.
+TINY64_ROWS = [
+    ("supervised, 12,000 steps (the reference row until 2026-11-26)", "tiny64-supervised"),
+    ("ours, paper setting", "tiny64-ours"),
+    ("ours, raw photos also real (25%): v3, and v4's features", "tiny64-raw25"),
+    ("the same + 12,000 detect steps: v4's and v5's heads", "tiny64-detect"),
+    ("v3's game with the mask head off (mask weight 0, from v3's autoencoder)", "tiny64-nomask"),
+    ("v3's game with the authors' code quirk (L_C in the repair loss): v5's features", "tiny64-quirk"),
+    ("the code quirk on v1's recipe (no raw photos as real, v1's autoencoder)", "tiny64-quirk-noraw"),
+    ("v5's features + 7,500 more steps of the same game", "tiny64-quirk-more"),
+    ("the same + 7,500 more again", "tiny64-quirk-more2"),
+    ("the same + 7,500 more a third time", "tiny64-quirk-more3"),
+    ("the same + 7,500 more a fourth time", "tiny64-quirk-more4"),
+    ("version 7's features + 7,500 steps of rotations (RotNet's pretext)", "tiny64-v7-rot7500"),
+    ("version 7's features + 15,000 steps of rotations", "tiny64-v7-rot15k"),
+    ("v7's features + 7,500 steps of rotations, lr 1e-4: v8's features", "tiny64-v7-rot7500-lr1e-4"),
+    ("version 8's features + 7,500 more steps of rotations, lr 1e-4", "tiny64-v8-rot7500-lr1e-4"),
+]
+
 # (title, plot file, random row, supervised row, [(label, probe name), ...]) in display order
 TABLES = [
     (
@@ -21,46 +40,14 @@ TABLES = [
         "probe-tiny-imagenet.png",
         "tiny64-random-tin",
         "tiny64-supervised-long-tin",
-        [
-            ("supervised, 12,000 steps (the reference row until 2026-11-26)", "tiny64-supervised-tin"),
-            ("ours, paper setting", "tiny64-ours-tin"),
-            ("ours, raw photos also real (25%): v3, and v4's features", "tiny64-raw25-tin"),
-            ("the same + 12,000 detect steps: v4's and v5's heads", "tiny64-detect-tin"),
-            ("v3's game with the mask head off (mask weight 0, from v3's autoencoder)", "tiny64-nomask-tin"),
-            ("v3's game with the authors' code quirk (L_C in the repair loss): v5's features", "tiny64-quirk-tin"),
-            ("the code quirk on v1's recipe (no raw photos as real, v1's autoencoder)", "tiny64-quirk-noraw-tin"),
-            ("v5's features + 7,500 more steps of the same game", "tiny64-quirk-more-tin"),
-            ("the same + 7,500 more again", "tiny64-quirk-more2-tin"),
-            ("the same + 7,500 more a third time", "tiny64-quirk-more3-tin"),
-            ("the same + 7,500 more a fourth time", "tiny64-quirk-more4-tin"),
-            ("version 7's features + 7,500 steps of rotations (RotNet's pretext)", "tiny64-v7-rot7500-tin"),
-            ("version 7's features + 15,000 steps of rotations", "tiny64-v7-rot15k-tin"),
-            ("v7's features + 7,500 steps of rotations, lr 1e-4: v8's features", "tiny64-v7-rot7500-lr1e-4-tin"),
-            ("version 8's features + 7,500 more steps of rotations, lr 1e-4", "tiny64-v8-rot7500-lr1e-4-tin"),
-        ],
+        [(label, f"{run}-tin") for label, run in TINY64_ROWS],
     ),
     (
         "CIFAR-10 test (transfer: models pre-trained on Tiny-ImageNet, probes on CIFAR-10 train labels)",
         "probe-cifar10-transfer.png",
         "tiny64-random-c10",
         "tiny64-supervised-long-c10",
-        [
-            ("supervised, 12,000 steps (the reference row until 2026-11-26)", "tiny64-supervised-c10"),
-            ("ours, paper setting", "tiny64-ours-c10"),
-            ("ours, raw photos also real (25%): v3, and v4's features", "tiny64-raw25-c10"),
-            ("the same + 12,000 detect steps: v4's and v5's heads", "tiny64-detect-c10"),
-            ("v3's game with the mask head off (mask weight 0, from v3's autoencoder)", "tiny64-nomask-c10"),
-            ("v3's game with the authors' code quirk (L_C in the repair loss): v5's features", "tiny64-quirk-c10"),
-            ("the code quirk on v1's recipe (no raw photos as real, v1's autoencoder)", "tiny64-quirk-noraw-c10"),
-            ("v5's features + 7,500 more steps of the same game", "tiny64-quirk-more-c10"),
-            ("the same + 7,500 more again", "tiny64-quirk-more2-c10"),
-            ("the same + 7,500 more a third time", "tiny64-quirk-more3-c10"),
-            ("the same + 7,500 more a fourth time", "tiny64-quirk-more4-c10"),
-            ("version 7's features + 7,500 steps of rotations (RotNet's pretext)", "tiny64-v7-rot7500-c10"),
-            ("version 7's features + 15,000 steps of rotations", "tiny64-v7-rot15k-c10"),
-            ("v7's features + 7,500 steps of rotations, lr 1e-4: v8's features", "tiny64-v7-rot7500-lr1e-4-c10"),
-            ("version 8's features + 7,500 more steps of rotations, lr 1e-4", "tiny64-v8-rot7500-lr1e-4-c10"),
-        ],
+        [(label, f"{run}-c10") for label, run in TINY64_ROWS],
     ),
     (
         "Full width, trained on a lent GPU (H200, 340 s): Tiny-ImageNet-200 val",
