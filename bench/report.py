@@ -113,9 +113,40 @@ def service_table(on: dict, off: dict | None) -> list[str]:
 
 def markdown(s: dict, gpu_run: dict | None = None) -> str:
     """RESULTS.md; `gpu_run` is a separate `python -m bench.gpu` run, quoted where the suite ran without a GPU."""
+    out = [
+        *intro(s),
+        "## 1. Engine limit: ONNX Runtime called directly",
+        "",
+        engine.table(s["engine"]),
+        "![engine](results/engine.png)",
+        "",
+        "## 2. The service",
+        "",
+        *service_section(s),
+        "## 3. The peers: BentoML, LitServe, MLServer, PyTriton; same model, same work, same load",
+        "",
+        *peers_section(s),
+        "",
+        "## 4. Training throughput (images/s per stage, optimised vs plain fp32 eager)",
+        "",
+        *training_section(s),
+        "",
+        "## 5. GPU variant",
+        "",
+        *gpu_section(s, gpu_run),
+        "",
+        "## Profile: where the time goes",
+        "",
+        *profile_section(s),
+    ]
+    return "\n".join(out) + "\n"
+
+
+def intro(s: dict) -> list[str]:
+    """The title, how the run was made, and the targets' table."""
     hw = s["hardware"]
     head, _ = headline(s)
-    out = [
+    return [
         "# Benchmark results",
         "",
         f"Written by `{s['command']}` at commit `{s['commit']}` (started {s['started']}, {s['minutes']} min) from"
@@ -133,123 +164,119 @@ def markdown(s: dict, gpu_run: dict | None = None) -> str:
         "",
         *head,
         "",
-        "## 1. Engine limit: ONNX Runtime called directly",
-        "",
-        engine.table(s["engine"]),
-        "![engine](results/engine.png)",
-        "",
-        "## 2. The service",
-        "",
     ]
+
+
+def service_section(s: dict) -> list[str]:
+    """Our server's tables: each route, batching on and off, 16 images per request, one ONNX Runtime thread,
+    a process per core."""
+    service, cores = s["service"], s["hardware"]["cores"]
+    out = []
     names = {"features": "`/features?layers=conv5&pool=avg`", "spot": "`/spot?heatmap=none`"}
     for route, title in names.items():
-        rows = s["service"][route]
-        out += [
-            f"{title}, one image per request, batching on (and off):",
-            "",
-            *service_table(rows["on"], rows["off"]),
-            "",
-        ]
+        rows = service[route]
+        out += [f"{title}, one image per request, batching on (and off):", ""]
+        out += [*service_table(rows["on"], rows["off"]), ""]
     out += [
         "`/features`, 16 images per request, batching on:",
         "",
-        *service_table(s["service"]["features_16_per_request"]["on"], None),
+        *service_table(service["features_16_per_request"]["on"], None),
         "",
         "`/features`, one image per request, batching on, `SPOT_INTRA_OP_THREADS=1` (ONNX Runtime on one core,"
         " the event loop on the other; the default is one thread per core):",
         "",
-        *service_table(s["service"]["features_1_onnxruntime_thread"]["on"], None),
+        *service_table(service["features_1_onnxruntime_thread"]["on"], None),
         "",
     ]
-    if "features_workers_per_core" in s["service"]:
-        n = s["hardware"]["cores"]
+    if "features_workers_per_core" in service:
         out += [
-            f"`/features`, batching on, `SPOT_WORKERS={n}`: {n} server processes on one port, each with its own"
-            " session (one ONNX Runtime thread) and batcher; one image per request, then 16:",
+            f"`/features`, batching on, `SPOT_WORKERS={cores}`: {cores} server processes on one port, each with its"
+            " own session (one ONNX Runtime thread) and batcher; one image per request, then 16:",
             "",
-            *service_table(s["service"]["features_workers_per_core"]["on"], None),
+            *service_table(service["features_workers_per_core"]["on"], None),
             "",
-            *service_table(s["service"]["features_16_per_request_workers_per_core"]["on"], None),
+            *service_table(service["features_16_per_request_workers_per_core"]["on"], None),
             "",
         ]
-    if "spot_workers_per_core" in s["service"]:
+    if "spot_workers_per_core" in service:
         out += [
-            f"`/spot?heatmap=none`, batching on, `SPOT_WORKERS={s['hardware']['cores']}`, one image per request:",
+            f"`/spot?heatmap=none`, batching on, `SPOT_WORKERS={cores}`, one image per request:",
             "",
-            *service_table(s["service"]["spot_workers_per_core"]["on"], None),
+            *service_table(service["spot_workers_per_core"]["on"], None),
             "",
         ]
-    out += [
-        "![throughput](results/service.png) ![latency](results/latency.png)",
-        "",
-        "## 3. The peers: BentoML, LitServe, MLServer, PyTriton; same model, same work, same load",
-        "",
-    ]
+    return [*out, "![throughput](results/service.png) ![latency](results/latency.png)", ""]
+
+
+def peers_section(s: dict) -> list[str]:
     peers = s.get("peers", {"skipped": "not measured"})
-    if "servers" in peers:
-        out += [
-            f"`{peers['model_dir']}` behind every server, each doing the work through the service's own"
-            " `ExportedModel` (bench/peers/work.py: the same ONNX Runtime sessions and trunk-only graph), so only"
-            f" the serving layer differs; each answer is checked against the model first. Load: {peers['load']['http']}"
-            f" for HTTP, {peers['load']['grpc']} for gRPC (wrk cannot speak it), {peers['seconds']} s per level;"
-            " the load generator shares the 2 cores with the server, as for every row. Uploads go in each"
-            " server's own way: multipart for ours, BentoML and LitServe; a BYTES tensor of the Open Inference"
-            " Protocol for MLServer (base64 in JSON, its REST codec) and PyTriton (binary).",
-            "",
-            *peer_report.tables(peers),
-            "",
-            "![peers](results/peers.png)",
-        ]
-    else:
-        out.append(f"Not measured: {peers['skipped']}.")
-    out += ["", "## 4. Training throughput (images/s per stage, optimised vs plain fp32 eager)", ""]
-    if s["training"]:
-        out += ["| preset | stage | " + " | ".join(next(iter(s["training"].values()))["stages"]["ae"]) + " |"]
-        out += ["|---|---|" + "---|" * len(next(iter(s["training"].values()))["stages"]["ae"])]
-        for preset, t in s["training"].items():
-            for stage, variants in t["stages"].items():
-                cells = [f"{v['img_per_s']:.0f} ({v['vs_fp32_eager']:.2f}x)" for v in variants.values()]
-                out.append(f"| {preset} (batch {t['batch_size']}) | {stage} | " + " | ".join(cells) + " |")
-        out += ["", "Random tensors in, one optimiser step per batch (`python -m training speed`)."]
-    else:
-        out.append("Not measured in this run.")
-    out += ["", "## 5. GPU variant", ""]
+    if "servers" not in peers:
+        return [f"Not measured: {peers['skipped']}."]
+    return [
+        f"`{peers['model_dir']}` behind every server, each doing the work through the service's own"
+        " `ExportedModel` (bench/peers/work.py: the same ONNX Runtime sessions and trunk-only graph), so only"
+        f" the serving layer differs; each answer is checked against the model first. Load: {peers['load']['http']}"
+        f" for HTTP, {peers['load']['grpc']} for gRPC (wrk cannot speak it), {peers['seconds']} s per level;"
+        " the load generator shares the 2 cores with the server, as for every row. Uploads go in each"
+        " server's own way: multipart for ours, BentoML and LitServe; a BYTES tensor of the Open Inference"
+        " Protocol for MLServer (base64 in JSON, its REST codec) and PyTriton (binary).",
+        "",
+        *peer_report.tables(peers),
+        "",
+        "![peers](results/peers.png)",
+    ]
+
+
+def training_section(s: dict) -> list[str]:
+    if not s["training"]:
+        return ["Not measured in this run."]
+    variants = next(iter(s["training"].values()))["stages"]["ae"]
+    out = ["| preset | stage | " + " | ".join(variants) + " |", "|---|---|" + "---|" * len(variants)]
+    for preset, t in s["training"].items():
+        for stage, rows in t["stages"].items():
+            cells = [f"{v['img_per_s']:.0f} ({v['vs_fp32_eager']:.2f}x)" for v in rows.values()]
+            out.append(f"| {preset} (batch {t['batch_size']}) | {stage} | " + " | ".join(cells) + " |")
+    return [*out, "", "Random tensors in, one optimiser step per batch (`python -m training speed`)."]
+
+
+def gpu_section(s: dict, gpu_run: dict | None) -> list[str]:
     g = s.get("gpu", {"skipped": s.get("gpu_service", {}).get("skipped", "not measured")})
     if "skipped" not in g:
-        out.append(gpu.body(g, level="###"))
-    else:
-        out.append(f"Not run in this suite run: {g['skipped']} (it runs wherever ONNX Runtime has CUDA).")
-        if gpu_run:
-            out += [
-                "",
-                f"The GPU variant on its own, `{gpu_run['command']}` at commit `{gpu_run['commit']}` on"
-                f" {gpu_run['hardware']['gpu']} ({gpu_run['hardware']['cores']} CPU cores), model"
-                f" `{gpu_run['model_dir']}`: [results/gpu.md](results/gpu.md).",
-                "",
-                *gpu.summary(gpu_run),
-            ]
-    out += ["", "## Profile: where the time goes", ""]
+        return [gpu.body(g, level="###")]
+    out = [f"Not run in this suite run: {g['skipped']} (it runs wherever ONNX Runtime has CUDA)."]
+    if gpu_run:
+        out += [
+            "",
+            f"The GPU variant on its own, `{gpu_run['command']}` at commit `{gpu_run['commit']}` on"
+            f" {gpu_run['hardware']['gpu']} ({gpu_run['hardware']['cores']} CPU cores), model"
+            f" `{gpu_run['model_dir']}`: [results/gpu.md](results/gpu.md).",
+            "",
+            *gpu.summary(gpu_run),
+        ]
+    return out
+
+
+def profile_section(s: dict) -> list[str]:
     prof = s["profile"]
     if "skipped" in prof:
-        out.append(f"Not profiled: {prof['skipped']}.")
-    else:
-        load = prof["load"]
-        total = sum(prof["gil_ms_per_request"].values())
-        out += [
-            f"`{prof['route']}` at {prof['clients']} clients ({load['req_per_s']:.0f} req/s,"
-            f" {load['images_per_run']:.1f} images per run), sampled by py-spy at 250 Hz while the event-loop thread"
-            f" held the GIL. That thread"
-            f" held it {100 * prof['gil_share_of_wall_time']:.0f}% of the time, {total:.2f} ms per request: on its own"
-            f" that caps one process at {1000 / total:.0f} requests/s. Meanwhile the other threads (ONNX Runtime)"
-            f" used {load['other_threads_ms_per_image']:.2f} ms of CPU per image and the whole server"
-            f" {load['cpu_cores']:.2f} of {hw['cores']} cores.",
-            "",
-            "| stage (Python, event-loop thread) | ms per request | share |",
-            "|---|---|---|",
-        ]
-        for stage, ms in prof["gil_ms_per_request"].items():
-            out.append(f"| {stage} | {ms:.3f} | {100 * ms / total:.0f}% |")
-    return "\n".join(out) + "\n"
+        return [f"Not profiled: {prof['skipped']}."]
+    load = prof["load"]
+    total = sum(prof["gil_ms_per_request"].values())
+    out = [
+        f"`{prof['route']}` at {prof['clients']} clients ({load['req_per_s']:.0f} req/s,"
+        f" {load['images_per_run']:.1f} images per run), sampled by py-spy at 250 Hz while the event-loop thread"
+        f" held the GIL. That thread"
+        f" held it {100 * prof['gil_share_of_wall_time']:.0f}% of the time, {total:.2f} ms per request: on its own"
+        f" that caps one process at {1000 / total:.0f} requests/s. Meanwhile the other threads (ONNX Runtime)"
+        f" used {load['other_threads_ms_per_image']:.2f} ms of CPU per image and the whole server"
+        f" {load['cpu_cores']:.2f} of {s['hardware']['cores']} cores.",
+        "",
+        "| stage (Python, event-loop thread) | ms per request | share |",
+        "|---|---|---|",
+    ]
+    for stage, ms in prof["gil_ms_per_request"].items():
+        out.append(f"| {stage} | {ms:.3f} | {100 * ms / total:.0f}% |")
+    return out
 
 
 def plots(s: dict, folder: Path) -> None:

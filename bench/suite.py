@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import subprocess
@@ -75,6 +76,34 @@ def peer_rows(quick: bool, photos: Path, clients: list[int], seconds: float) -> 
     return peer.measure(SHIPPED, photos, clients, seconds, ready if quick else PEERS)
 
 
+def service_rows(clients: list[int], **level) -> dict:
+    """Our server under load, each variant a sweep over `clients` (16 images per request: up to 16 clients)."""
+    few = [c for c in clients if c <= 16]
+    workers = str(max(2, os.cpu_count() or 1))  # SPOT_WORKERS: one per core
+    sweep = functools.partial(service.sweep, **level)
+    return {
+        "features": {
+            "on": sweep(route="features", per_request=1, clients=clients),
+            "off": sweep(route="features", per_request=1, clients=clients, batching=False),
+        },
+        "spot": {
+            "on": sweep(route="spot", per_request=1, clients=clients),
+            "off": sweep(route="spot", per_request=1, clients=clients, batching=False),
+        },
+        "features_16_per_request": {"on": sweep(route="features", per_request=16, clients=few)},
+        "features_1_onnxruntime_thread": {  # the event loop keeps a core to itself
+            "on": sweep(route="features", per_request=1, clients=clients, intra_op_threads="1"),
+        },
+        "features_workers_per_core": {  # a process per core, each with one ONNX Runtime thread
+            "on": sweep(route="features", per_request=1, clients=clients, workers=workers),
+        },
+        "features_16_per_request_workers_per_core": {
+            "on": sweep(route="features", per_request=16, clients=few, workers=workers),
+        },
+        "spot_workers_per_core": {"on": sweep(route="spot", per_request=1, clients=clients, workers=workers)},
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, help="default: the full-width model, built on first use")
@@ -94,42 +123,10 @@ def main() -> None:
     jpegs = jpeg_crops(args.photos)
     with tempfile.TemporaryDirectory() as tmp:
         bodies = {k: write_bodies(jpegs, Path(tmp) / f"x{k}", per_request=k) for k in (1, 16)}
-        few = [c for c in args.clients if c <= 16]
         level = dict(model_dir=model_dir, bodies=bodies, seconds=args.seconds)
-        workers = str(max(2, os.cpu_count() or 1))  # SPOT_WORKERS: one per core
         sections = {
             "engine": lambda: engine.measure(model_dir, args.photos, args.engine_seconds),
-            "service": lambda: {
-                "features": {
-                    "on": service.sweep(route="features", per_request=1, clients=args.clients, **level),
-                    "off": service.sweep(
-                        route="features", per_request=1, clients=args.clients, batching=False, **level
-                    ),
-                },
-                "spot": {
-                    "on": service.sweep(route="spot", per_request=1, clients=args.clients, **level),
-                    "off": service.sweep(route="spot", per_request=1, clients=args.clients, batching=False, **level),
-                },
-                "features_16_per_request": {
-                    "on": service.sweep(route="features", per_request=16, clients=few, **level),
-                },
-                "features_1_onnxruntime_thread": {  # the event loop keeps a core to itself
-                    "on": service.sweep(
-                        route="features", per_request=1, clients=args.clients, intra_op_threads="1", **level
-                    ),
-                },
-                "features_workers_per_core": {  # a process per core, each with one ONNX Runtime thread
-                    "on": service.sweep(
-                        route="features", per_request=1, clients=args.clients, workers=workers, **level
-                    ),
-                },
-                "features_16_per_request_workers_per_core": {
-                    "on": service.sweep(route="features", per_request=16, clients=few, workers=workers, **level),
-                },
-                "spot_workers_per_core": {
-                    "on": service.sweep(route="spot", per_request=1, clients=args.clients, workers=workers, **level),
-                },
-            },
+            "service": lambda: service_rows(args.clients, **level),
             "peers": lambda: peer_rows(args.quick, args.photos, args.clients, args.seconds),
             "gpu": lambda: (
                 gpu.measure(model_dir, args.photos, "cuda", args.clients, args.seconds, args.engine_seconds, 4)
