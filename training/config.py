@@ -60,6 +60,7 @@ class TrainConfig:
     rotation_steps: int = 0  # stage "rotation": the trunk classifies quarter-turns (RotNet), its own pretext row
     edits_steps: int = 0  # stage "edits": the discriminator tells photo tiles from edited copies (training/edits.py)
     edit_kinds: str = "all"  # which edits: "all", a comma-separated list, "-kind" leaves one out
+    rotation_all_four: bool = False  # stage "rotation": every image at all four turns (RotNet), batch_size images
     rotation_weight: float = 0.0  # > 0 in stage "spot": the combined variant, the game plus rotations of real images
     stop_at_chance_step: int = 0  # > 0: at the first log at or past this step, a stage whose held-out pretext
     chance_margin: float = 0.05  # accuracy is within chance_margin of chance stops the run (0 = never)

@@ -60,9 +60,14 @@ def disc_size(images: torch.Tensor, cfg: Config) -> torch.Tensor:
     return F.interpolate(images, size=cfg.model.image_size, mode="bilinear", align_corners=False)
 
 
-def rotated(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rotated(images: torch.Tensor, all_four: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Image i turned by (i mod 4) quarter-turns counter-clockwise, and that number as its label: every
-    batch holds each rotation equally often (the loader has already shuffled the images)."""
+    batch holds each rotation equally often (the loader has already shuffled the images). `all_four`:
+    every image at each of the four turns (4x the batch), as RotNet trains: the same picture's turns side
+    by side, so only its orientation tells them apart."""
+    if all_four:
+        turned = torch.cat([torch.rot90(images, k, dims=(-2, -1)) for k in range(ROTATIONS)])
+        return turned, torch.arange(ROTATIONS, device=images.device).repeat_interleave(len(images))
     labels = torch.arange(len(images), device=images.device) % ROTATIONS
     turned = images.clone()
     for k in range(1, ROTATIONS):
@@ -70,14 +75,16 @@ def rotated(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return turned, labels
 
 
-def rotation_logits(nets: dict, images: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+def rotation_logits(
+    nets: dict, images: torch.Tensor, cfg: Config, all_four: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits over the four rotations, true rotations) for images in [-1, 1]."""
-    turned, labels = rotated(disc_size(images, cfg))
+    turned, labels = rotated(disc_size(images, cfg), all_four)
     return nets["rotation"](nets["disc"].forward_features(to_disc_input(turned))), labels
 
 
 def rotation_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
-    logits, turns = rotation_logits(nets, images, cfg)
+    logits, turns = rotation_logits(nets, images, cfg, cfg.train.rotation_all_four)
     loss = F.cross_entropy(logits.float(), turns)
     return {"rotation": loss}, {
         "loss/rotation": loss.detach(),

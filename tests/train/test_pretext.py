@@ -26,6 +26,14 @@ def test_image_i_is_turned_by_i_mod_4_quarter_turns(real_batch):
     assert not torch.equal(turned[1], images[1])  # a real photo is not rotation-symmetric
 
 
+def test_all_four_turns_show_every_image_at_each_turn(real_batch):
+    images = real_batch[0][:3]
+    turned, labels = rotated(images, all_four=True)
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    for i in range(12):
+        assert torch.equal(torch.rot90(turned[i], -int(labels[i]), dims=(-2, -1)), images[i % 3])
+
+
 @pytest.mark.parametrize("stage, head", [("supervised", "classifier"), ("rotation", "rotation")])
 def test_a_comparison_row_trains_its_whole_head_and_not_the_discriminators(stage, head):
     """Its classifier learns in full (fc1 and fc2 were frozen at their random start before 2026-12-05,
@@ -64,8 +72,9 @@ def _train(run_dir, *extra):
     return summary, metrics, result.stderr
 
 
-def test_a_rotation_run_logs_its_held_out_pretext_accuracy(tmp_path, cache_dir):
-    summary, metrics, _ = _train(tmp_path, "--stages=rotation", "--rotation_steps=20")
+@pytest.mark.parametrize("turns", [[], ["--rotation_all_four=true"]])
+def test_a_rotation_run_logs_its_held_out_pretext_accuracy(tmp_path, cache_dir, turns):
+    summary, metrics, _ = _train(tmp_path, "--stages=rotation", "--rotation_steps=20", *turns)
     assert [m["step"] for m in metrics] == [5, 10, 15, 20]
     assert all(0 <= m["val/rotation_acc"] <= 1 for m in metrics)
     assert summary[-1]["stage"] == "rotation" and summary[-1]["steps"] == 20
