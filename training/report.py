@@ -32,7 +32,7 @@ TINY64_ROWS = [
     ("v7's features + 7,500 steps of rotations, lr 1e-4: v8's features", "tiny64-v7-rot7500-lr1e-4"),
     ("version 8's features + 7,500 more steps of rotations, lr 1e-4: v9's features", "tiny64-v8-rot7500-lr1e-4"),
     ("version 9's features + 7,500 more steps of rotations, lr 1e-4", "tiny64-v9-rot7500-lr1e-4"),
-    ("version 9's features + 15,000 more steps of rotations, lr 1e-4", "tiny64-v9-rot15k-lr1e-4"),
+    ("version 9's features + 15,000 more steps of rotations, lr 1e-4: v10's features", "tiny64-v9-rot15k-lr1e-4"),
     ("the 7,500-step row above + 7,500 more, lr 1e-4", "tiny64-v10-rot7500-lr1e-4"),
     ("version 9's features + 7,500 steps of 16 images at all four turns, lr 1e-4", "tiny64-v9-rot4x-lr1e-4"),
 ]
