@@ -33,8 +33,10 @@ TINY64_ROWS = [
     ("version 8's features + 7,500 more steps of rotations, lr 1e-4: v9's features", "tiny64-v8-rot7500-lr1e-4"),
     ("version 9's features + 7,500 more steps of rotations, lr 1e-4", "tiny64-v9-rot7500-lr1e-4"),
     ("version 9's features + 15,000 more steps of rotations, lr 1e-4: v10's features", "tiny64-v9-rot15k-lr1e-4"),
-    ("the 7,500-step row above + 7,500 more, lr 1e-4", "tiny64-v10-rot7500-lr1e-4"),
+    ("version 9's features + 15,000 steps of rotations in two schedules, lr 1e-4", "tiny64-v9-rot7500x2-lr1e-4"),
     ("version 9's features + 7,500 steps of 16 images at all four turns, lr 1e-4", "tiny64-v9-rot4x-lr1e-4"),
+    ("version 10's features + 7,500 more steps of rotations, lr 1e-4", "tiny64-v10-rot7500-lr1e-4"),
+    ("version 10's features + 7,500 steps of 16 images at all four turns, lr 1e-4", "tiny64-v10-rot4x-lr1e-4"),
 ]
 
 # (title, plot file, random row, supervised row, [(label, probe name), ...]) in display order
