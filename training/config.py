@@ -43,7 +43,7 @@ class DataConfig:
     saturation: float = 0.5  # factor in [0.5, 1.5]
     test_crop: float = 0.85  # central crop kept at test time
     num_workers: int = 2
-    edit_photos: str = ""  # stage "edits": comma-separated photo folders (under root unless absolute) to tile and edit
+    edit_photos: str = ""  # stage "edits": comma-separated photo folders (under root unless absolute) or data sources
     edit_val_photos: str = "photos/debian_mate_nature"  # its held-out photos, scored at every log interval
 
 

@@ -18,17 +18,25 @@ from torch.utils.data import Dataset
 
 from contract.images import to_rgb
 
-from .data import IMAGE_SUFFIXES
+from .data import IMAGE_SUFFIXES, load_images
 from .edits import KINDS, augment, edit, random_mask
 
 MAX_SIDE = 2048  # photos larger than this are scaled down once when loaded (memory), still far above a tile
 
 
-def load_photos(folders: str, root: Path | None = None) -> list[np.ndarray]:
-    """Every image under the comma-separated folders (relative ones under `root`), as RGB uint8 arrays."""
+def load_photos(folders: str, root: Path | None = None, cache_dir: Path | None = None) -> list[np.ndarray]:
+    """Every image under the comma-separated folders (relative ones under `root`), as RGB uint8 arrays.
+    An entry that names a data source (`tiny-imagenet:train`, training/data.py) adds each of its images:
+    many small real photos, each one tile, beside few large ones."""
     photos = []
     for folder in (f.strip() for f in folders.split(",") if f.strip()):
         path = Path(folder) if Path(folder).is_absolute() or root is None else root / folder
+        if not path.is_dir():  # a data source, or an error that names both readings
+            try:
+                photos.extend(load_images(folder, root, cache_dir).images)
+            except ValueError as e:
+                raise FileNotFoundError(f"{path} is not a folder, and {folder!r} is not a data source: {e}") from None
+            continue
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
             raise FileNotFoundError(f"no photos under {path}")

@@ -90,6 +90,19 @@ def test_edited_tiles_pair_a_photo_tile_with_its_edited_copy_and_the_mask_target
     assert cells[keep[0] == 0].mean() > cells[keep[0] == 1].mean()  # the copy differs most where it was edited
 
 
+def test_a_data_source_adds_each_of_its_images_as_a_photo(data_root, cache_dir):
+    photos = load_photos("photos/sklearn,cifar10-sample", data_root, cache_dir)
+    large = load_photos("photos/sklearn", data_root)
+    small = photos[len(large) :]
+    assert len(small) > 100 and all(p.shape == (32, 32, 3) and p.dtype == np.uint8 for p in small)
+    tiles = EditedTiles(photos, 32, 4, KINDS, 64, fixed=True)
+    assert tiles.weights[len(large) :].sum() > 0  # the small ones are drawn too, by their area
+    pair, keep = tiles[0]
+    assert pair.shape == (6, 32, 32) and keep.shape == (1, 4, 4)
+    with pytest.raises(FileNotFoundError, match="not a data source"):
+        load_photos("photos/no-such-folder", data_root, cache_dir)
+
+
 def test_kinds_parse_with_one_left_out():
     assert parse_kinds("all") == KINDS
     assert "splice" not in parse_kinds("all,-splice") and len(parse_kinds("all,-splice")) == len(KINDS) - 1
