@@ -254,9 +254,9 @@ def bar_plot(top1: dict, title: str, path: Path) -> None:
     ax.set_xticks(range(len(LAYERS)), LAYERS)
     ax.set_ylabel("linear probe top-1 (%)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=4)  # below: never over a bar
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)  # below: never over a bar
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the figure grows to hold every row's label
     plt.close(fig)
 
 
