@@ -51,22 +51,23 @@ def png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def heat_peak(heat: np.ndarray) -> float:
+    """An image score that a small edit cannot dilute: the heatmap's 99th percentile (the artifact score
+    averages over every tile, and an edit covers a few)."""
+    return float(np.percentile(heat, 99))
+
+
 def scored(client: SpotClient, images: list[np.ndarray]) -> list[dict]:
-    """/spot's answer per image, with the heatmap as a float array in [0, 1] at the image's size."""
+    """/spot's answer per image, with the heatmap as a float array in [0, 1] at the image's size and its peak."""
     answers = []
     for i, rgb in enumerate(images):
         (answer,) = client.results_or_errors("spot", {"heatmap": "png"}, [(i, png(rgb))])
         if "error" in answer:
             raise SystemExit(f"the service did not score image {i}: {answer}")
         heat = Image.open(io.BytesIO(base64.b64decode(answer["heatmap"]["png_base64"])))
-        answers.append({"score": answer["artifact_score"], "heat": np.asarray(heat, np.float32) / 255})
+        heat = np.asarray(heat, np.float32) / 255
+        answers.append({"score": answer["artifact_score"], "heat": heat, "peak": heat_peak(heat)})
     return answers
-
-
-def heat_peak(heat: np.ndarray) -> float:
-    """An image score that a small edit cannot dilute: the heatmap's 99th percentile (the artifact score
-    averages over every tile, and an edit covers a few)."""
-    return float(np.percentile(heat, 99))
 
 
 def kind_metrics(raw: list[dict], edited: list[dict], masks: list[np.ndarray], threshold: float) -> dict:
@@ -74,7 +75,7 @@ def kind_metrics(raw: list[dict], edited: list[dict], masks: list[np.ndarray], t
     s = np.r_[[a["score"] for a in raw], [a["score"] for a in edited]]
     truth = np.concatenate([m[::PIXEL_STRIDE, ::PIXEL_STRIDE].ravel() for m in masks])
     heat = np.concatenate([a["heat"][::PIXEL_STRIDE, ::PIXEL_STRIDE].ravel() for a in edited])
-    peak = np.r_[[heat_peak(a["heat"]) for a in raw], [heat_peak(a["heat"]) for a in edited]]
+    peak = np.r_[[a["peak"] for a in raw], [a["peak"] for a in edited]]
     return {
         "images": len(edited),
         "image_roc_auc": round(float(roc_auc_score(y, s)), 4),

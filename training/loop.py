@@ -185,7 +185,7 @@ def edit_sets(
         raise ValueError("the edits stage needs --data.edit_photos (comma-separated photo folders)")
     root = Path(cfg.data.root or default_data_root())
     size, kinds = cfg.model.image_size, parse_kinds(cfg.train.edit_kinds)
-    photos = load_photos(cfg.data.edit_photos, root, Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
+    photos = load_photos(cfg.data.edit_photos, root, cfg.data.cache_dir or None)
     train = EditedTiles(photos, size, grid, kinds, 400 * cfg.train.batch_size)
     if not info.is_main:
         return train, []

@@ -351,11 +351,14 @@ def write_report(results: Path, out: Path) -> str:
         md += [f"![spotting per drop rate]({os.path.relpath(plot, out.parent)})", ""]
     edits = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("edits-via-service-*.json"))}
     if edits:
+        first = next(iter(edits.values()))
         md += [
             "## /spot on edits of real photos (`scripts/edits_via_service.py`)",
             "",
-            "41 held-out photos (skimage, sklearn, matplotlib, MATE's nature photos; at most 768 px), raw and with one",
-            "random region edited by each kind, through a real `/spot`; means over the 8 kinds. Image ROC-AUC by the",
+            f"{len(first['photos'])} held-out photos (skimage, sklearn, matplotlib, MATE's nature photos; "
+            f"at most {first['max_side']} px), raw and with one",
+            "random region edited by each kind, through a real `/spot`; "
+            f"means over the {len(first['kinds'])} kinds. Image ROC-AUC by the",
             "artifact score (the mean over tiles), and by the heatmap's 99th percentile; pixel AP of the heatmap.",
             "",
             *edits_tables(edits),
