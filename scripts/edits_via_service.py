@@ -1,9 +1,9 @@
 """/spot on edits of real photos (issue 21), end to end: every photo of the held-out folders, raw and edited
 by each kind of training/edits.py (one random region each, seeded), sent as a lossless PNG to a real service
 on 127.0.0.1. Per kind: image ROC-AUC and AP (edited against raw, by artifact_score; ROC-AUC also by the
-heatmap's 99th percentile, a score a small edit cannot dilute), pixel AP of the heatmap against the edited
-region (and the region's share of pixels: the AP of a guess), and the raw photos' false alarms at the
-model's threshold.
+heatmap's 99th percentile and by /spot's peak_score, the mask's: scores a small edit cannot dilute), pixel
+AP of the heatmap against the edited region (and the region's share of pixels: the AP of a guess), and the
+raw photos' false alarms at the model's threshold.
 
     python scripts/edits_via_service.py --model models/spot-tiny64 --out docs/results/edits-via-service.json
 
@@ -66,7 +66,14 @@ def scored(client: SpotClient, images: list[np.ndarray]) -> list[dict]:
             raise SystemExit(f"the service did not score image {i}: {answer}")
         heat = Image.open(io.BytesIO(base64.b64decode(answer["heatmap"]["png_base64"])))
         heat = np.asarray(heat, np.float32) / 255
-        answers.append({"score": answer["artifact_score"], "heat": heat, "peak": heat_peak(heat)})
+        answers.append(
+            {
+                "score": answer["artifact_score"],
+                "heat": heat,
+                "peak": heat_peak(heat),
+                "peak_score": answer["peak_score"],
+            }
+        )
     return answers
 
 
@@ -76,10 +83,12 @@ def kind_metrics(raw: list[dict], edited: list[dict], masks: list[np.ndarray], t
     truth = np.concatenate([m[::PIXEL_STRIDE, ::PIXEL_STRIDE].ravel() for m in masks])
     heat = np.concatenate([a["heat"][::PIXEL_STRIDE, ::PIXEL_STRIDE].ravel() for a in edited])
     peak = np.r_[[a["peak"] for a in raw], [a["peak"] for a in edited]]
+    peak_score = np.r_[[a["peak_score"] for a in raw], [a["peak_score"] for a in edited]]
     return {
         "images": len(edited),
         "image_roc_auc": round(float(roc_auc_score(y, s)), 4),
         "image_roc_auc_by_heat_peak": round(float(roc_auc_score(y, peak)), 4),
+        "image_roc_auc_by_peak_score": round(float(roc_auc_score(y, peak_score)), 4),
         "image_ap": round(float(average_precision_score(y, s)), 4),
         "flagged": round(float(np.mean([a["score"] > threshold for a in edited])), 4),
         "pixel_ap": round(float(average_precision_score(truth, heat)), 4),

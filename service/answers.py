@@ -67,6 +67,10 @@ class Heatmap(BaseModel):
 class ImageSpot(BaseModel):
     name: str
     artifact_score: float = Field(description="0..1, how likely the image was altered")
+    peak_score: float = Field(
+        description="0..1, the mask's 99th percentile: the most suspect 1% of the image (a small edit that "
+        "the mean over tiles dilutes shows here)"
+    )
     altered: bool = Field(description="artifact_score above the threshold")
     width: int
     height: int

@@ -72,6 +72,12 @@ def assemble(
     return score, cells.astype(np.float32)
 
 
+def peak(cells: np.ndarray) -> float:
+    """The drop-mask's 99th percentile: how likely the most suspect 1% of the image was altered. The artifact
+    score averages over every tile and a small edit covers a few; this one it cannot dilute."""
+    return float(np.percentile(cells, 99))
+
+
 def between_cells(length: int, covered: int, cell: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Along one side of the output: for each pixel, the cell centre at or before it, the one after, and how
     far it is from the first to the second. Centres are those of the cells' pixels on the covered image (a
@@ -129,6 +135,7 @@ def results(per_image: list, outputs: dict[str, np.ndarray], heatmap_format: str
         item = {
             "name": name,
             "artifact_score": score,
+            "peak_score": round(peak(cells), 5),
             "width": w,
             "height": h,
             "tiling": {

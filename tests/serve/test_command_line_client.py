@@ -28,7 +28,7 @@ def test_command_line_client_writes_overlays_and_features(server, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
-    assert 0 <= report[0]["artifact_score"] <= 1
+    assert 0 <= report[0]["artifact_score"] <= 1 and 0 <= report[0]["peak_score"] <= 1
     assert Image.open(out / "china.jpg.overlay.png").size == (640, 427)
     for heatmap, written in (("png", "china.jpg.heatmap.png"), ("none", None)):
         r = subprocess.run(

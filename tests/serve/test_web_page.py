@@ -48,7 +48,7 @@ def test_upload_shows_score_and_overlay_and_saves_screenshot(browser, server):
     browser.find_element(By.ID, "file").send_keys(str(PHOTO))
     overlay = WebDriverWait(browser, 60).until(ec.visibility_of_element_located((By.ID, "overlay")))
     score = browser.find_element(By.ID, "score").text
-    assert score.startswith("artifact score ") and "tiles" in score, score
+    assert score.startswith("artifact score ") and ", peak " in score and "tiles" in score, score
     # the overlay is a real PNG at the photo's own size (640 x 427), decoded by the browser
     src = overlay.get_attribute("src")
     assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"

@@ -87,18 +87,20 @@ def test_pretext_curves_of_real_runs_become_a_table_and_a_plot(tmp_path, cache_d
 def test_report_edits_table_sets_each_model_against_the_issues_targets(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
-    kind = {"image_roc_auc": 0.61, "image_roc_auc_by_heat_peak": 0.7, "pixel_ap": 0.2, "pixel_ap_of_a_guess": 0.1}
+    kind = {"image_roc_auc": 0.61, "image_roc_auc_by_heat_peak": 0.7, "image_roc_auc_by_peak_score": 0.72,
+            "pixel_ap": 0.2, "pixel_ap_of_a_guess": 0.1}  # fmt: skip
     new = {"model": "runs/m", "version": "0", "raw_false_alarm_rate": 0.25, "kinds": {"blur": kind, "noise": kind},
            "mean_over_kinds": kind, "photos": ["a.png", "b.png", "c.png"], "max_side": 512}  # fmt: skip
     old = {**new, "model": "models/x", "version": "7", "mean_over_kinds": {**kind, "image_roc_auc": 0.5}}
-    del old["mean_over_kinds"]["image_roc_auc_by_heat_peak"]  # written before the peak score: a dash
+    for key in ("image_roc_auc_by_heat_peak", "image_roc_auc_by_peak_score"):  # written before them: dashes
+        del old["mean_over_kinds"][key]
     (results / "edits-via-service-new.json").write_text(json.dumps(new))
     (results / "edits-via-service-old.json").write_text(json.dumps(old))
     text = write_report(results, tmp_path / "results.md")
     assert "3 held-out photos" in text and "at most 512 px" in text and "means over the 2 kinds" in text
     assert "| issue 21's target | >= 0.9 |" in text
-    assert "| `edits-via-service-new.json` (`runs/m`, 0) | 0.610 | 0.700 | 0.200 | 0.100 | 0.250 |" in text
-    assert "| `edits-via-service-old.json` (`models/x`, 7) | 0.500 | - |" in text
+    assert "| `edits-via-service-new.json` (`runs/m`, 0) | 0.610 | 0.700 | 0.720 | 0.200 | 0.100 | 0.250 |" in text
+    assert "| `edits-via-service-old.json` (`models/x`, 7) | 0.500 | - | - | 0.200 |" in text
     assert (
         "| file | blur | noise |" in text and "| `edits-via-service-new.json` | 0.610 / 0.200 | 0.610 / 0.200 |" in text
     )
