@@ -363,7 +363,8 @@ def write_report(results: Path, out: Path) -> str:
             f"at most {first['max_side']} px), raw and with one",
             "random region edited by each kind, through a real `/spot`; "
             f"means over the {len(first['kinds'])} kinds. Image ROC-AUC by the",
-            "artifact score (the mean over tiles), and by the heatmap's 99th percentile; pixel AP of the heatmap.",
+            "artifact score (the mean over tiles), by the heatmap's 99th percentile and by `peak_score` (the",
+            "drop-mask's, as /spot answers it since 2026-12-07); pixel AP of the heatmap.",
             "",
             *edits_tables(edits),
             "",
