@@ -62,7 +62,7 @@ for layer in ("conv4", "conv5"):
     assert f[layer]["shape"] == [len(values)] and all(math.isfinite(v) for v in values), layer
 print(f"/features: conv4 {f['conv4']['shape']}, conv5 {f['conv5']['shape']}")
 r = spot["results"][0]
-assert 0.0 <= r["artifact_score"] <= 1.0, r["artifact_score"]
+assert 0.0 <= r["artifact_score"] <= 1.0 and 0.0 <= r["peak_score"] <= 1.0, r
 cells = [v for row in r["mask"]["values"] for v in row]
 assert len(cells) == r["mask"]["rows"] * r["mask"]["cols"] and all(0.0 <= v <= 1.0 for v in cells)
 assert r["heatmap"]["shape"] == [r["height"], r["width"]] and r["heatmap"]["png_base64"]

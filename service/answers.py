@@ -68,10 +68,11 @@ class ImageSpot(BaseModel):
     name: str
     artifact_score: float = Field(description="0..1, how likely the image was altered")
     peak_score: float = Field(
-        description="0..1, the mask's 99th percentile: the most suspect 1% of the image (a small edit that "
-        "the mean over tiles dilutes shows here)"
+        description="0..1, the 99th percentile of the mask's cells: about the most suspect 1% of the image, "
+        "close to the highest cell on a small one (a small edit that the mean over tiles dilutes shows here); "
+        "it does not decide `altered`"
     )
-    altered: bool = Field(description="artifact_score above the threshold")
+    altered: bool = Field(description="artifact_score (not peak_score) above the threshold")
     width: int
     height: int
     tiling: Tiling

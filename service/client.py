@@ -376,7 +376,7 @@ def write(args, path: Path, target: Path | None, item: dict, stacked: dict, name
         return {"image": str(path), "error": item["error"]}
     if args.command == "spot":
         entry = {"image": str(path), "artifact_score": round(item["artifact_score"], 4),
-                 "peak_score": item["peak_score"], "altered": item["altered"],
+                 "peak_score": round(item.get("peak_score", float("nan")), 4), "altered": item["altered"],
                  "tiles": item["tiling"]["tiles"], "scale": item["tiling"].get("scale", 1.0)}  # fmt: skip
         if target and args.heatmap != "none":
             out = target.with_name(f"{target.name}{OWN_OUTPUTS[args.heatmap]}")
