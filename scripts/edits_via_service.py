@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.server import Server  # noqa: E402
 from contract.images import to_rgb  # noqa: E402
 from service.client import SpotClient, image_files  # noqa: E402
+from service.spot import peak  # noqa: E402  (the 99th percentile /spot's peak_score takes of the mask)
 from training.edits import KINDS, edit, random_mask  # noqa: E402
 
 FOLDERS = ("skimage", "sklearn", "matplotlib", "debian_mate_nature")
@@ -51,12 +52,6 @@ def png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def heat_peak(heat: np.ndarray) -> float:
-    """An image score that a small edit cannot dilute: the heatmap's 99th percentile (the artifact score
-    averages over every tile, and an edit covers a few)."""
-    return float(np.percentile(heat, 99))
-
-
 def scored(client: SpotClient, images: list[np.ndarray]) -> list[dict]:
     """/spot's answer per image, with the heatmap as a float array in [0, 1] at the image's size and its peak."""
     answers = []
@@ -70,7 +65,7 @@ def scored(client: SpotClient, images: list[np.ndarray]) -> list[dict]:
             {
                 "score": answer["artifact_score"],
                 "heat": heat,
-                "peak": heat_peak(heat),
+                "peak": peak(heat),  # the same percentile of the heatmap
                 "peak_score": answer["peak_score"],
             }
         )
@@ -78,17 +73,18 @@ def scored(client: SpotClient, images: list[np.ndarray]) -> list[dict]:
 
 
 def kind_metrics(raw: list[dict], edited: list[dict], masks: list[np.ndarray], threshold: float) -> dict:
+    def raw_then_edited(key: str) -> np.ndarray:
+        return np.array([a[key] for a in raw + edited])
+
     y = np.r_[np.zeros(len(raw)), np.ones(len(edited))]
-    s = np.r_[[a["score"] for a in raw], [a["score"] for a in edited]]
+    s, peaks, peak_scores = raw_then_edited("score"), raw_then_edited("peak"), raw_then_edited("peak_score")
     truth = np.concatenate([m[::PIXEL_STRIDE, ::PIXEL_STRIDE].ravel() for m in masks])
     heat = np.concatenate([a["heat"][::PIXEL_STRIDE, ::PIXEL_STRIDE].ravel() for a in edited])
-    peak = np.r_[[a["peak"] for a in raw], [a["peak"] for a in edited]]
-    peak_score = np.r_[[a["peak_score"] for a in raw], [a["peak_score"] for a in edited]]
     return {
         "images": len(edited),
         "image_roc_auc": round(float(roc_auc_score(y, s)), 4),
-        "image_roc_auc_by_heat_peak": round(float(roc_auc_score(y, peak)), 4),
-        "image_roc_auc_by_peak_score": round(float(roc_auc_score(y, peak_score)), 4),
+        "image_roc_auc_by_heat_peak": round(float(roc_auc_score(y, peaks)), 4),
+        "image_roc_auc_by_peak_score": round(float(roc_auc_score(y, peak_scores)), 4),
         "image_ap": round(float(average_precision_score(y, s)), 4),
         "flagged": round(float(np.mean([a["score"] > threshold for a in edited])), 4),
         "pixel_ap": round(float(average_precision_score(truth, heat)), 4),

@@ -375,9 +375,10 @@ def write(args, path: Path, target: Path | None, item: dict, stacked: dict, name
     if "error" in item:
         return {"image": str(path), "error": item["error"]}
     if args.command == "spot":
-        entry = {"image": str(path), "artifact_score": round(item["artifact_score"], 4),
-                 "peak_score": round(item.get("peak_score", float("nan")), 4), "altered": item["altered"],
+        entry = {"image": str(path), "artifact_score": round(item["artifact_score"], 4), "altered": item["altered"],
                  "tiles": item["tiling"]["tiles"], "scale": item["tiling"].get("scale", 1.0)}  # fmt: skip
+        if "peak_score" in item:  # a server before 2026-12-07 has none: leave it out rather than print NaN
+            entry["peak_score"] = round(item["peak_score"], 4)
         if target and args.heatmap != "none":
             out = target.with_name(f"{target.name}{OWN_OUTPUTS[args.heatmap]}")
             out.parent.mkdir(parents=True, exist_ok=True)
