@@ -33,7 +33,7 @@ from bench.server import Server  # noqa: E402
 from contract.images import to_rgb  # noqa: E402
 from service.client import SpotClient, image_files  # noqa: E402
 from service.spot import peak  # noqa: E402  (the 99th percentile /spot's peak_score takes of the mask)
-from training.edits import KINDS, edit, random_mask  # noqa: E402
+from training.edits import KINDS, edit, held_out_kinds, random_mask  # noqa: E402
 
 FOLDERS = ("skimage", "sklearn", "matplotlib", "debian_mate_nature")
 PIXEL_STRIDE = 4  # pixel AP on every 4th pixel of every 4th row: a million pixels, not sixteen
@@ -104,7 +104,8 @@ def main() -> None:
     args = ap.parse_args()
     paths = [p for folder in FOLDERS for p in image_files(args.photos / folder)]
     photos = [load(p, args.max_side) for p in paths]
-    threshold = json.loads((args.model / "model.json").read_text()).get("spot_threshold", 0.5)
+    meta = json.loads((args.model / "model.json").read_text())
+    threshold = meta.get("spot_threshold", 0.5)
     started = time.perf_counter()
     server = Server(args.model.resolve(), ready="/readyz", timeout=120, access_log="false")
     try:
@@ -129,7 +130,8 @@ def main() -> None:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
         "model": str(args.model),
-        "version": json.loads((args.model / "model.json").read_text())["version"],
+        "version": meta["version"],
+        "held_out_kinds": list(held_out_kinds(meta.get("training", {}))),  # kinds its training never saw
         "photos": [str(p.relative_to(args.photos)) for p in paths],
         "max_side": args.max_side,
         "threshold": threshold,

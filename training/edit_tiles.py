@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from contract.images import to_rgb
 
 from .data import IMAGE_SUFFIXES, load_images
-from .edits import KINDS, augment, edit, random_mask
+from .edits import augment, edit, random_mask
 
 MAX_SIDE = 2048  # photos larger than this are scaled down once when loaded (memory), still far above a tile
 
@@ -46,18 +46,6 @@ def load_photos(folders: str, root: Path | None = None, cache_dir: Path | None =
             img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC)
             photos.append(np.asarray(img))
     return photos
-
-
-def parse_kinds(spec: str) -> tuple[str, ...]:
-    """ "all", or comma-separated kinds; "-k" leaves kind k out (leave-one-kind-out: "all,-splice")."""
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    chosen = [k for k in KINDS if "all" in names or k in names]
-    chosen = [k for k in chosen if f"-{k}" not in names]
-    if unknown := {n.lstrip("-") for n in names} - set(KINDS) - {"all"}:
-        raise ValueError(f"unknown edit kinds {sorted(unknown)}; kinds: {', '.join(KINDS)}")
-    if not chosen:
-        raise ValueError(f"no edit kind left in {spec!r}")
-    return tuple(chosen)
 
 
 class EditedTiles(Dataset):

@@ -25,6 +25,28 @@ cv2.setNumThreads(1)  # loader workers run many of these at once: one thread eac
 KINDS = ("inpaint_telea", "inpaint_ns", "copy_move", "splice", "blur", "sharpen", "noise", "recompress")
 
 
+def parse_kinds(spec: str) -> tuple[str, ...]:
+    """ "all", or comma-separated kinds; "-k" leaves kind k out (leave-one-kind-out: "all,-splice")."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    chosen = [k for k in KINDS if "all" in names or k in names]
+    chosen = [k for k in chosen if f"-{k}" not in names]
+    if unknown := {n.lstrip("-") for n in names} - set(KINDS) - {"all"}:
+        raise ValueError(f"unknown edit kinds {sorted(unknown)}; kinds: {', '.join(KINDS)}")
+    if not chosen:
+        raise ValueError(f"no edit kind left in {spec!r}")
+    return tuple(chosen)
+
+
+def held_out_kinds(training: dict) -> tuple[str, ...]:
+    """The kinds a detector never trained on, from its model.json's `training` record: the ones its
+    `edit_kinds` left out, or every kind when no edits stage ran (the paper's heads only saw their own
+    generator's artifacts). What leave-one-kind-out scores it on."""
+    train = training.get("config", {}).get("train", {})
+    if "edits" not in train.get("stages", ""):
+        return KINDS
+    return tuple(k for k in KINDS if k not in parse_kinds(train.get("edit_kinds", "all")))
+
+
 def random_mask(h: int, w: int, rng: np.random.Generator, area: tuple[float, float] = (0.04, 0.2)) -> np.ndarray:
     """A region covering a random share `area` of the image: an ellipse, a rectangle or a brush stroke,
     somewhere inside it (a boolean HxW array)."""

@@ -26,7 +26,8 @@ from tqdm import tqdm
 from . import checkpoint, dist
 from .config import Config, dump
 from .data import ImageArrayDataset, ResumableSampler, default_data_root, eval_transform, load_images, train_transform
-from .edit_tiles import EditedTiles, load_photos, parse_kinds
+from .edit_tiles import EditedTiles, load_photos
+from .edits import parse_kinds
 from .heldout import at_chance, eval_mode, evaluate, save_samples
 from .log import MetricLog, forget_records_after
 from .networks import build_networks

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from training.edit_tiles import EditedTiles, load_photos, parse_kinds
-from training.edits import KINDS, augment, edit, random_mask
+from training.edit_tiles import EditedTiles, load_photos
+from training.edits import KINDS, augment, edit, held_out_kinds, parse_kinds, random_mask
 
 from ..conftest import DATA, run_cli
 
@@ -109,6 +109,17 @@ def test_kinds_parse_with_one_left_out():
     assert parse_kinds("blur,noise") == ("blur", "noise")
     with pytest.raises(ValueError, match="smudge"):
         parse_kinds("all,-smudge")
+
+
+def test_held_out_kinds_are_what_a_detectors_training_never_saw():
+    def training(stages, kinds=None):
+        train = {"stages": stages} | ({"edit_kinds": kinds} if kinds else {})
+        return {"config": {"train": train}}
+
+    assert held_out_kinds(training("edits", "all,-noise")) == ("noise",)
+    assert held_out_kinds(training("edits")) == ()  # the default is every kind
+    assert held_out_kinds(training("detect")) == KINDS  # the paper's heads never saw an edit
+    assert held_out_kinds({}) == KINDS
 
 
 def test_the_edits_stage_trains_the_detector_and_logs_its_held_out_accuracy(tmp_path, cache_dir):

@@ -104,3 +104,15 @@ def test_report_edits_table_sets_each_model_against_the_issues_targets(tmp_path)
     assert (
         "| file | blur | noise |" in text and "| `edits-via-service-new.json` | 0.610 / 0.200 | 0.610 / 0.200 |" in text
     )
+    assert "Leave one kind out" not in text  # no file leaves a kind out yet
+
+    (results / "edits-via-service-no-noise.json").write_text(json.dumps({**new, "held_out_kinds": ["noise"]}))
+    blind = {**kind, "image_roc_auc": 0.5, "image_roc_auc_by_peak_score": 0.52, "pixel_ap": 0.1}
+    no_blur = {**new, "held_out_kinds": ["blur"], "kinds": {"blur": blind, "noise": kind}}
+    (results / "edits-via-service-no-blur.json").write_text(json.dumps(no_blur))
+    (results / "edits-via-service-shipped.json").write_text(json.dumps({**new, "held_out_kinds": ["blur", "noise"]}))
+    text = write_report(results, tmp_path / "results.md")
+    assert "| blur | `edits-via-service-no-blur.json` | 0.500 | 0.520 | 0.100 | 0.100 |" in text
+    assert "| noise | `edits-via-service-no-noise.json` | 0.610 | 0.720 | 0.200 | 0.100 |" in text
+    assert "| **mean, 2 of 2 kinds** | | 0.555 | 0.620 | 0.150 | 0.100 |" in text
+    assert "edits-via-service-shipped.json` |" not in text.split("Leave one kind out")[1]  # saw no kind: not a row
