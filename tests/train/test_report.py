@@ -29,6 +29,12 @@ def test_report_tables_gap_closed_and_plots(tmp_path):
     # tables whose runs are missing say so instead of inventing rows
     assert "Not measured yet: `probe-tiny64-random-c10.json`" in text
     assert not (results / "probe-cifar10-transfer.png").exists()
+    assert "against `probe-eq15k" not in text  # no fixed reference measured: no column for it
+
+    probe_file(results, "eq15k-supervised-game-tin", [0.20, 0.50, 0.50, 0.50, 0.50])  # the fixed reference
+    text = write_report(results, tmp_path / "results.md")
+    # against it ours closes 0.25 / 0.75 / 0.5 / 0.0: mean 0.375, beside the reference row's 0.438
+    assert "| **0.438** | 0.375 |" in text and "against `probe-eq15k-supervised-game-tin.json` |" in text
 
 
 def test_report_keeps_the_hand_written_parts(tmp_path):
