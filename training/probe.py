@@ -216,15 +216,17 @@ def probe_summary(result: dict) -> dict:
 
 def gap_summary(ours: list[dict], references: list[dict]) -> dict[str, float]:
     """probe_gap_closed/<test set>: the mean over conv2..conv5 of the supervised gap our probes close, for
-    each test set with a probe of ours, of a random init (model "random:...") and of a supervised trunk."""
+    each test set with a probe of ours, of a random init (model "random:...") and of a supervised trunk.
+    Each further supervised trunk of that test set adds probe_gap_closed/<test set>/<its run folder>."""
     out = {}
     for report in ours:
         same = [r for r in references if r["test"] == report["test"]]
         random = next((r for r in same if r["model"].startswith("random:")), None)
-        supervised = next((r for r in same if not r["model"].startswith("random:")), None)
-        if random and supervised:
-            gap = gap_closed(report["top1"], random["top1"], supervised["top1"])["mean_conv2_conv5"]
-            out[f"probe_gap_closed/{report['test']}"] = round(gap, 4)
+        supervised = [r for r in same if not r["model"].startswith("random:")]
+        for i, reference in enumerate(supervised if random else []):
+            gap = gap_closed(report["top1"], random["top1"], reference["top1"])["mean_conv2_conv5"]
+            suffix = f"/{Path(reference['model']).parent.name}" if i else ""
+            out[f"probe_gap_closed/{report['test']}{suffix}"] = round(gap, 4)
     return out
 
 

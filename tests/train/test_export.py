@@ -116,14 +116,16 @@ def test_reference_probes_add_the_gap_closed_per_test_set(exported, tmp_path):
     ours = probe_file("ours", "checkpoint:x", "tiny-imagenet:val", [0.10, 0.20, 0.20, 0.20, 0.20])
     random = probe_file("random", "random:tiny", "tiny-imagenet:val", [0.10, 0.10, 0.10, 0.10, 0.10])
     supervised = probe_file("sup", "checkpoint:s", "tiny-imagenet:val", [0.10, 0.30, 0.20, 0.50, 0.30])
+    fixed = probe_file("fixed", "runs/sup-fixed/checkpoint.pt", "tiny-imagenet:val", [0.1, 0.3, 0.3, 0.3, 0.3])
     other = probe_file("c10", "checkpoint:x", "cifar10:test", [0.5] * 5)  # no references for it: no gap
     ckpt = exported / "run" / "checkpoint.pt"
     result = run_cli("export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m"), "--metrics", ours, other,
-                     "--reference-probes", random, supervised)  # fmt: skip
+                     "--reference-probes", random, supervised, fixed)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     # conv2..conv5: (0.2-0.1)/(0.3-0.1) = 0.5, 1.0, 0.25, 0.5 -> 0.5625
     assert meta["metrics"]["probe_gap_closed/tiny-imagenet:val"] == 0.5625
+    assert meta["metrics"]["probe_gap_closed/tiny-imagenet:val/sup-fixed"] == 0.5  # a second reference, named
     assert not any(k.startswith("probe_gap_closed/cifar10") for k in meta["metrics"])
     assert "| probe_gap_closed/tiny-imagenet:val | 0.5625 |" in (tmp_path / "m" / "MODEL_CARD.md").read_text()
 
