@@ -39,7 +39,10 @@ TINY64_ROWS = [
     ("version 10's features + 7,500 steps of 16 images at all four turns, lr 1e-4", "tiny64-v10-rot4x-lr1e-4"),
     ("version 10's features + 18,000 steps of 16 images at all four turns, lr 1e-4", "tiny64-v10-rot4x18k-lr1e-4"),
     ("version 11's features + 18,000 more steps of 16 images at all four turns, lr 1e-4", "tiny64-v11-rot4x18k-lr1e-4"),
-    ("version 12's features + 18,000 more steps of 16 images at all four turns, lr 1e-4: v13's", "tiny64-v12-rot4x18k-lr1e-4"),
+    (
+        "version 12's features + 18,000 more steps of 16 images at all four turns, lr 1e-4: v13's",
+        "tiny64-v12-rot4x18k-lr1e-4",
+    ),
 ]
 
 # (title, plot file, random row, supervised row, [(label, probe name), ...][, a second supervised row])
