@@ -88,7 +88,8 @@ def add_export_command(sub) -> None:
         type=Path,
         nargs="*",
         default=[],
-        help="probe files of a random init and a supervised trunk: probe_gap_closed/<test> per --metrics probe",
+        help="probe files of a random init and supervised trunks: probe_gap_closed/<test> per --metrics probe "
+        "against the first supervised one, probe_gap_closed/<test>/<run folder> against each further one",
     )
 
 

@@ -40,9 +40,15 @@ def parse_kinds(spec: str) -> tuple[str, ...]:
 def held_out_kinds(training: dict) -> tuple[str, ...]:
     """The kinds a detector never trained on, from its model.json's `training` record: the ones its
     `edit_kinds` left out, or every kind when no edits stage ran (the paper's heads only saw their own
-    generator's artifacts). What leave-one-kind-out scores it on."""
+    generator's artifacts). What leave-one-kind-out scores it on. A run started from one that trained on
+    edits may have seen any kind (the record keeps no earlier `edit_kinds`): none counts as held out."""
+    ancestor = training.get("initialised_from")
+    while ancestor:
+        if ancestor.get("stages", {}).get("edits"):
+            return ()
+        ancestor = ancestor.get("initialised_from")
     train = training.get("config", {}).get("train", {})
-    if "edits" not in train.get("stages", ""):
+    if "edits" not in train.get("stages", "").split(",") or not train.get("edits_steps", 1):
         return KINDS
     return tuple(k for k in KINDS if k not in parse_kinds(train.get("edit_kinds", "all")))
 

@@ -217,7 +217,8 @@ def probe_summary(result: dict) -> dict:
 def gap_summary(ours: list[dict], references: list[dict]) -> dict[str, float]:
     """probe_gap_closed/<test set>: the mean over conv2..conv5 of the supervised gap our probes close, for
     each test set with a probe of ours, of a random init (model "random:...") and of a supervised trunk.
-    Each further supervised trunk of that test set adds probe_gap_closed/<test set>/<its run folder>."""
+    Each further supervised trunk of that test set, in the order given, adds
+    probe_gap_closed/<test set>/<its run folder>; two references that would share a key are an error."""
     out = {}
     for report in ours:
         same = [r for r in references if r["test"] == report["test"]]
@@ -225,8 +226,12 @@ def gap_summary(ours: list[dict], references: list[dict]) -> dict[str, float]:
         supervised = [r for r in same if not r["model"].startswith("random:")]
         for i, reference in enumerate(supervised if random else []):
             gap = gap_closed(report["top1"], random["top1"], reference["top1"])["mean_conv2_conv5"]
-            suffix = f"/{Path(reference['model']).parent.name}" if i else ""
-            out[f"probe_gap_closed/{report['test']}{suffix}"] = round(gap, 4)
+            key = f"probe_gap_closed/{report['test']}"
+            if i:
+                key += f"/{Path(reference['model']).parent.name}"
+            if key in out or key.endswith("/"):
+                raise ValueError(f"reference probe {reference['model']!r} gives the key {key!r} twice or empty")
+            out[key] = round(gap, 4)
     return out
 
 

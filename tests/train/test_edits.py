@@ -117,9 +117,14 @@ def test_held_out_kinds_are_what_a_detectors_training_never_saw():
         return {"config": {"train": train}}
 
     assert held_out_kinds(training("edits", "all,-noise")) == ("noise",)
+    assert held_out_kinds(training("rotation,edits", "all,-noise,-blur")) == ("blur", "noise")
     assert held_out_kinds(training("edits")) == ()  # the default is every kind
     assert held_out_kinds(training("detect")) == KINDS  # the paper's heads never saw an edit
     assert held_out_kinds({}) == KINDS
+    # started from a detector that trained on edits (kinds unrecorded): it may have seen them all
+    start = {"stages": {"edits": 6000}, "initialised_from": {"stages": {"detect": 12000}}}
+    assert held_out_kinds({**training("edits", "all,-noise"), "initialised_from": start}) == ()
+    assert held_out_kinds({**training("detect"), "initialised_from": {"initialised_from": start}}) == ()
 
 
 def test_the_edits_stage_trains_the_detector_and_logs_its_held_out_accuracy(tmp_path, cache_dir):

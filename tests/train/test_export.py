@@ -15,7 +15,7 @@ import torch
 from contract.spec import file_sha256
 from training import checkpoint
 from training.export import LAYERS, OUTPUTS, SpotExport, best_probe_layer, load_discriminator, real_batch
-from training.probe import probe_summary, probe_tables
+from training.probe import gap_summary, probe_summary, probe_tables
 
 from ..conftest import REPO, perturbed_copy, run_cli
 
@@ -105,6 +105,18 @@ def test_evaluation_metrics_reach_model_json_and_the_card(exported, tmp_path):
     for name, value in meta["metrics"].items():
         assert f"| {name} | {value} |" in card
     assert meta["default_layer"] == "conv5" and "`/features` returns `conv5`" in card
+
+
+def test_gap_summary_names_each_further_reference_and_refuses_a_shared_key():
+    def probe(model, top1):
+        return {"model": model, "test": "t", "top1": dict(zip(LAYERS, top1, strict=True))}
+
+    ours, random = probe("x", [0.2] * 5), probe("random:tiny", [0.1] * 5)
+    first, fixed = probe("runs/long/checkpoint.pt", [0.3] * 5), probe("runs/fixed/checkpoint.pt", [0.5] * 5)
+    assert gap_summary([ours], [random, first, fixed]) == {"probe_gap_closed/t": 0.5, "probe_gap_closed/t/fixed": 0.25}
+    assert gap_summary([ours], [fixed, random, first]) == {"probe_gap_closed/t": 0.25, "probe_gap_closed/t/long": 0.5}
+    with pytest.raises(ValueError, match="twice or empty"):
+        gap_summary([ours], [random, first, fixed, probe("runs/fixed/checkpoint.pt", [0.4] * 5)])
 
 
 def test_reference_probes_add_the_gap_closed_per_test_set(exported, tmp_path):

@@ -35,6 +35,14 @@ def test_report_tables_gap_closed_and_plots(tmp_path):
     text = write_report(results, tmp_path / "results.md")
     # against it ours closes 0.25 / 0.75 / 0.5 / 0.0: mean 0.375, beside the reference row's 0.438
     assert "| **0.438** | 0.375 |" in text and "against `probe-eq15k-supervised-game-tin.json` |" in text
+    table = text.split("## Tiny-ImageNet-200 val")[1].split("![")[0]
+    widths = {line.count("|") for line in table.splitlines() if line.startswith("|")}
+    assert widths == {9}  # every line of the table, random and supervised rows too: 8 cells
+    assert "eq15k-supervised-game-c10" in text.split("## CIFAR-10 test (transfer")[1].split("##")[0]  # not measured
+
+    (results / "probe-tiny64-supervised-long-tin.json").unlink()  # no reference row: the fixed column still fills
+    text = write_report(results, tmp_path / "results.md")
+    assert "| 20.00 | 20.00 | 40.00 | 30.00 | 10.00 |  | 0.375 |" in text
 
 
 def test_report_keeps_the_hand_written_parts(tmp_path):
@@ -121,4 +129,10 @@ def test_report_edits_table_sets_each_model_against_the_issues_targets(tmp_path)
     assert "| blur | `edits-via-service-no-blur.json` | 0.500 | 0.520 | 0.100 | 0.100 |" in text
     assert "| noise | `edits-via-service-no-noise.json` | 0.610 | 0.720 | 0.200 | 0.100 |" in text
     assert "| **mean, 2 of 2 kinds** | | 0.555 | 0.620 | 0.150 | 0.100 |" in text
+    # a second detector without blur: blur's rows are averaged first, so each kind weighs the same
+    (results / "edits-via-service-no-blur-2.json").write_text(
+        json.dumps({**no_blur, "kinds": {"blur": kind, "noise": kind}})
+    )
+    text = write_report(results, tmp_path / "results.md")
+    assert "| **mean, 2 of 2 kinds** | | 0.583 | 0.670 | 0.175 | 0.100 |" in text  # blur (0.5+0.61)/2, noise 0.61
     assert "edits-via-service-shipped.json` |" not in text.split("Leave one kind out")[1]  # saw no kind: not a row
