@@ -43,6 +43,10 @@ TINY64_ROWS = [
         "version 12's features + 18,000 more steps of 16 images at all four turns, lr 1e-4: v13's",
         "tiny64-v12-rot4x18k-lr1e-4",
     ),
+    (
+        "version 13's features + 18,000 more steps of 16 images at all four turns, lr 1e-4: v14's",
+        "tiny64-v13-rot4x18k-lr1e-4",
+    ),
 ]
 
 # (title, plot file, random row, supervised row, [(label, probe name), ...][, a second supervised row])
