@@ -276,9 +276,8 @@ def probe_table(
         runs[also] = None  # listed under "Not measured yet" with the rows
         names[also] = also
     head = "| row | " + " | ".join(LAYERS) + " | mean gap closed, conv2-conv5 |"
-    lines = [head, "|" + "---|" * (len(LAYERS) + 2)]
-    if second:
-        lines = [head + f" against `probe-{also}.json` |", "|" + "---|" * (len(LAYERS) + 3)]
+    head += f" against `probe-{also}.json` |" if second else ""
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]  # one separator per column of the header
     ends = [label for label in top1 if label not in ("random", "supervised")]
     for label in ["random", *ends, "supervised"]:
         if label not in top1:
