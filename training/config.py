@@ -62,6 +62,7 @@ class TrainConfig:
     edit_kinds: str = "all"  # which edits: "all", a comma-separated list, "-kind" leaves one out
     rotation_all_four: bool = False  # stage "rotation": every image at all four turns (RotNet), batch_size images
     rotation_weight: float = 0.0  # > 0 in stage "spot": the combined variant, the game plus rotations of real images
+    warp_weight: float = 0.0  # > 0 in stage "rotation": the trunk also tells warped pictures (training/warps.py)
     stop_at_chance_step: int = 0  # > 0: at the first log at or past this step, a stage whose held-out pretext
     chance_margin: float = 0.05  # accuracy is within chance_margin of chance stops the run (0 = never)
     batch_size: int = 128  # per process; the discriminator sees 2x this

@@ -15,7 +15,7 @@ from .log import sample_grid
 from .networks import to_disc_input
 from .spot_eval import THRESHOLD, artifact_probability, detection_metrics, mask_ap, pair_scores
 from .stages import STAGES, chance
-from .steps import disc_size, psnr_db, rotation_logits
+from .steps import disc_size, psnr_db, rotation_and_warp_logits, rotation_logits
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -36,7 +36,8 @@ def eval_mode(nets: dict):
 @torch.no_grad()
 def evaluate(nets: dict, batches: Batches, cfg: Config, stage: str) -> dict[str, float]:
     """The stage's held-out figures: top-1 (supervised), rotation accuracy (rotation, and the combined
-    variant), PSNR (ae and the spotting stages), real/fake/raw accuracy, ROC-AUC and mask AP (spotting)."""
+    variant), warp accuracy (rotation with `warp_weight`), PSNR (ae and the spotting stages), real/fake/raw
+    accuracy, ROC-AUC and mask AP (spotting)."""
     with eval_mode(nets):
         if stage == "supervised":
             return {"val/top1": top1(nets, batches)}
@@ -45,6 +46,8 @@ def evaluate(nets: dict, batches: Batches, cfg: Config, stage: str) -> dict[str,
         out = {}
         if stage == "rotation" or STAGES[stage].pairs and cfg.train.rotation_weight > 0:
             out["val/rotation_acc"] = rotation_accuracy(nets, batches, cfg)
+        if stage == "rotation" and cfg.train.warp_weight > 0:
+            out["val/warp_acc"] = warp_accuracy(nets, batches, cfg)
         if stage == "rotation":
             return out
         out["val/psnr"] = float(torch.stack([psnr_db(x, nets["ae"](x)) for x, _ in batches]).mean())
@@ -66,6 +69,16 @@ def rotation_accuracy(nets: dict, batches: Batches, cfg: Config) -> float:
     for images, _ in batches:
         logits, turns = rotation_logits(nets, images, cfg)
         correct.append((logits.argmax(1) == turns).float().cpu())
+    return float(torch.cat(correct).mean())
+
+
+def warp_accuracy(nets: dict, batches: Batches, cfg: Config) -> float:
+    """The share of held-out pictures (half of them bent, the same warps every time) told warped or not."""
+    generator = torch.Generator(device=batches[0][0].device).manual_seed(1234)
+    correct = []
+    for images, _ in batches:
+        _, (logits, bent) = rotation_and_warp_logits(nets, images, cfg, generator=generator)
+        correct.append((logits.argmax(1) == bent).float().cpu())
     return float(torch.cat(correct).mean())
 
 

@@ -315,6 +315,7 @@ def build_networks(cfg: ModelConfig) -> dict[str, nn.Module]:
     nets = {"ae": ae, "repair": build_repair(cfg, ae), "disc": disc}
     head = (disc.conv5.out_channels, disc.grid, disc.fc1.out_channels)
     nets["rotation"] = Classifier(*head, ROTATIONS)  # the rotation pretext's head (stage "rotation", rotation_weight)
+    nets["warp"] = Classifier(*head, 2)  # warped or not, beside the rotations (stage "rotation", warp_weight)
     if cfg.num_classes:
         nets["classifier"] = Classifier(*head, cfg.num_classes)
     grid = encoder_grid(cfg)

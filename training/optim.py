@@ -12,7 +12,7 @@ LOSS_TARGETS = {
     "disc": ("disc", "rotation"),  # the rotation head only where the stage trains it (the combined variant)
     "repair": ("repair",),
     "supervised": ("disc", "classifier"),
-    "rotation": ("disc", "rotation"),
+    "rotation": ("disc", "rotation", "warp"),  # the warp head only where the stage trains it (warp_weight)
 }
 
 

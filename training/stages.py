@@ -49,12 +49,15 @@ def chance(stage: str, cfg: Config) -> float:
 
 def stage_modules(nets: dict, stage: str, cfg: Config) -> dict[str, nn.Module]:
     """Which networks a stage trains: the table's, plus the repair net in the game (when the model has
-    one) and the rotation head in the combined variant (`train.rotation_weight`)."""
+    one), the rotation head in the combined variant (`train.rotation_weight`) and the warp head beside the
+    rotations (`train.warp_weight`)."""
     if stage == "supervised" and "classifier" not in nets:
         raise ValueError("the supervised stage needs --model.num_classes > 0")
     names = list(STAGES[stage].trains)
     if stage == "spot" and cfg.train.rotation_weight > 0:
         names.append("rotation")
+    if stage == "rotation" and cfg.train.warp_weight > 0:
+        names.append("warp")
     if stage == "spot" and cfg.model.repair:
         names.append("repair")
     return {name: nets[name] for name in names}

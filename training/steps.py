@@ -7,7 +7,8 @@ Each returns (losses to back-propagate, each into its own networks; scalars to r
 - `supervised`: the comparison row, the discriminator trunk trained on the labels;
 - `rotation`: the trunk classifies which quarter-turn an image was given (Gidaris et al., ICLR 2018),
   the pretext the authors' follow-up adds to spotting (Jenni, Jin & Favaro, CVPR 2020).
-`spot` with `train.rotation_weight > 0` is the combined variant: the game plus rotations of the real images.
+`spot` with `train.rotation_weight > 0` is the combined variant: the game plus rotations of the real images;
+`rotation` with `train.warp_weight > 0` also asks whether each picture was warped (training/warps.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .artifacts import damage, sample_keep_mask
 from .config import Config
 from .losses import autoencoder_loss, discriminator_loss, real_fake_labels, repair_loss
 from .networks import ROTATIONS, to_disc_input
+from .warps import warp_flags, warped
 
 
 def ae_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
@@ -84,12 +86,33 @@ def rotation_logits(
 
 
 def rotation_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
-    logits, turns = rotation_logits(nets, images, cfg, cfg.train.rotation_all_four)
-    loss = F.cross_entropy(logits.float(), turns)
-    return {"rotation": loss}, {
-        "loss/rotation": loss.detach(),
+    t = cfg.train
+    if t.warp_weight <= 0:
+        logits, turns = rotation_logits(nets, images, cfg, t.rotation_all_four)
+        loss = F.cross_entropy(logits.float(), turns)
+        return {"rotation": loss}, {
+            "loss/rotation": loss.detach(),
+            "acc/rotation": (logits.argmax(1) == turns).float().mean(),
+        }
+    (logits, turns), (warp_logits, bent) = rotation_and_warp_logits(nets, images, cfg, t.rotation_all_four)
+    rot_loss, warp_loss = F.cross_entropy(logits.float(), turns), F.cross_entropy(warp_logits.float(), bent)
+    return {"rotation": rot_loss + t.warp_weight * warp_loss}, {
+        "loss/rotation": rot_loss.detach(),
         "acc/rotation": (logits.argmax(1) == turns).float().mean(),
+        "loss/warp": warp_loss.detach(),
+        "acc/warp": (warp_logits.argmax(1) == bent).float().mean(),
     }
+
+
+def rotation_and_warp_logits(nets: dict, images: torch.Tensor, cfg: Config, all_four: bool = False, generator=None):
+    """((rotation logits, true turns), (warp logits, true warped-or-not)) for images in [-1, 1]: the pictures
+    of `warp_flags` are bent, then all are turned; both heads read the same conv5."""
+    images = disc_size(images, cfg)
+    bent = warp_flags(len(images), images.device)
+    turned, turns = rotated(warped(images, bent, generator), all_four)
+    features = nets["disc"].forward_features(to_disc_input(turned))
+    bent = bent.repeat(len(turned) // len(images)).long()  # all_four: the turns are stacked image by image
+    return (nets["rotation"](features), turns), (nets["warp"](features), bent)
 
 
 def spot_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):

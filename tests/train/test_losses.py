@@ -35,7 +35,14 @@ def test_loss_weights_are_the_papers():
 
 @pytest.mark.parametrize(
     "stage, extra",
-    [("ae", []), ("spot", []), ("supervised", []), ("rotation", []), ("spot", ["--rotation_weight=0.5"])],
+    [
+        ("ae", []),
+        ("spot", []),
+        ("supervised", []),
+        ("rotation", []),
+        ("spot", ["--rotation_weight=0.5"]),
+        ("rotation", ["--warp_weight=1"]),
+    ],
 )
 def test_each_phase_updates_only_its_own_networks(stage, extra, real_batch):
     cfg = load_config("tiny", ["--num_classes=10", *extra])

@@ -1,5 +1,5 @@
-"""The rotation pretext (its own row, and beside the game), stopping a run whose pretext stays at chance,
-and BatchNorm statistics re-estimated on a probe's training images."""
+"""The rotation pretext (its own row, beside the game, and with warped pictures), stopping a run whose
+pretext stays at chance, and BatchNorm statistics re-estimated on a probe's training images."""
 
 import json
 
@@ -13,6 +13,7 @@ from training.optim import backward_each, make_optimizer
 from training.probe import reestimate_batchnorm
 from training.stages import set_phase, trainable
 from training.steps import STEPS, rotated
+from training.warps import warp_flags, warped
 
 from ..conftest import run_cli
 
@@ -32,6 +33,24 @@ def test_all_four_turns_show_every_image_at_each_turn(real_batch):
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     for i in range(12):
         assert torch.equal(torch.rot90(turned[i], -int(labels[i]), dims=(-2, -1)), images[i % 3])
+
+
+def test_warped_or_not_is_independent_of_the_turn():
+    bent = warp_flags(16)
+    pairs = [(i % 4, bool(bent[i])) for i in range(16)]
+    assert bent.sum() == 8 and all(pairs.count(p) == 2 for p in set(pairs)) and len(set(pairs)) == 8
+
+
+def test_only_warped_pictures_are_bent():
+    """A ramp stays a ramp under the zoom and shift every picture gets; a bent one curves. Both are resampled."""
+    ramp = torch.linspace(-1, 1, 64).expand(8, 3, 64, 64).clone()  # brightness grows left to right
+    bent = torch.tensor([False, True] * 4)
+    out = warped(ramp, bent, torch.Generator().manual_seed(0))
+    assert out.shape == ramp.shape and out.min() >= -1 and out.max() <= 1
+    centre = out[..., 16:48, 16:48]  # away from the reflected border
+    curvature = (centre[..., 2:] - 2 * centre[..., 1:-1] + centre[..., :-2]).abs().amax((1, 2, 3))
+    assert (curvature[~bent] < 1e-5).all() and (curvature[bent] > 1e-4).all()
+    assert not torch.allclose(out[~bent], ramp[~bent], atol=1e-3)  # zoomed or shifted: resampled too
 
 
 @pytest.mark.parametrize("stage, head", [("supervised", "classifier"), ("rotation", "rotation")])
@@ -72,11 +91,13 @@ def _train(run_dir, *extra):
     return summary, metrics, result.stderr
 
 
-@pytest.mark.parametrize("turns", [[], ["--rotation_all_four=true"]])
+@pytest.mark.parametrize("turns", [[], ["--rotation_all_four=true"], ["--rotation_all_four=true", "--warp_weight=1"]])
 def test_a_rotation_run_logs_its_held_out_pretext_accuracy(tmp_path, cache_dir, turns):
     summary, metrics, _ = _train(tmp_path, "--stages=rotation", "--rotation_steps=20", *turns)
     assert [m["step"] for m in metrics] == [5, 10, 15, 20]
     assert all(0 <= m["val/rotation_acc"] <= 1 for m in metrics)
+    warp = "--warp_weight=1" in turns
+    assert all(("val/warp_acc" in m and 0 <= m["val/warp_acc"] <= 1 and "acc/warp" in m) == warp for m in metrics)
     assert summary[-1]["stage"] == "rotation" and summary[-1]["steps"] == 20
 
 
