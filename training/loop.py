@@ -129,7 +129,7 @@ def initialises(cfg: Config, name: str) -> bool:
 
 def build_nets(cfg: Config, state: dict | None, device: torch.device) -> dict:
     """The run's networks: from its checkpoint when resuming, else fresh (some from `init_from`)."""
-    nets = build_networks(cfg.model)
+    nets = build_networks(cfg.model, warp=cfg.train.warp_weight > 0)
     if state is not None:
         for name, sd in state["networks"].items():
             nets[name].load_state_dict(sd)

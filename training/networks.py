@@ -308,16 +308,19 @@ def encoder_grid(cfg: ModelConfig) -> int:
     return (cfg.ae_size or cfg.image_size) // 2 ** len(cfg.ae_channels)
 
 
-def build_networks(cfg: ModelConfig) -> dict[str, nn.Module]:
-    """All three networks; fails early when the mask head's grid differs from the encoder's."""
+def build_networks(cfg: ModelConfig, warp: bool = False) -> dict[str, nn.Module]:
+    """All three networks and the pretext heads; fails early when the mask head's grid differs from the
+    encoder's. `warp`: the warped-or-not head too (stage "rotation" with `train.warp_weight`), built last so
+    that the other networks start as they would without it."""
     ae = build_autoencoder(cfg)
     disc = build_discriminator(cfg)
     nets = {"ae": ae, "repair": build_repair(cfg, ae), "disc": disc}
     head = (disc.conv5.out_channels, disc.grid, disc.fc1.out_channels)
     nets["rotation"] = Classifier(*head, ROTATIONS)  # the rotation pretext's head (stage "rotation", rotation_weight)
-    nets["warp"] = Classifier(*head, 2)  # warped or not, beside the rotations (stage "rotation", warp_weight)
     if cfg.num_classes:
         nets["classifier"] = Classifier(*head, cfg.num_classes)
+    if warp:
+        nets["warp"] = Classifier(*head, 2)
     grid = encoder_grid(cfg)
     if (cfg.ae_size or cfg.image_size) % 2 ** len(cfg.ae_channels):
         raise ValueError(f"autoencoder size must be divisible by {2 ** len(cfg.ae_channels)}")

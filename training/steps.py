@@ -111,7 +111,7 @@ def rotation_and_warp_logits(nets: dict, images: torch.Tensor, cfg: Config, all_
     bent = warp_flags(len(images), images.device)
     turned, turns = rotated(warped(images, bent, generator), all_four)
     features = nets["disc"].forward_features(to_disc_input(turned))
-    bent = bent.repeat(len(turned) // len(images)).long()  # all_four: the turns are stacked image by image
+    bent = bent.repeat(len(turned) // len(images)).long()  # all_four: the batch at turn 0, then at turn 1, ...
     return (nets["rotation"](features), turns), (nets["warp"](features), bent)
 
 

@@ -46,7 +46,7 @@ def test_loss_weights_are_the_papers():
 )
 def test_each_phase_updates_only_its_own_networks(stage, extra, real_batch):
     cfg = load_config("tiny", ["--num_classes=10", *extra])
-    nets = build_networks(cfg.model)
+    nets = build_networks(cfg.model, warp=cfg.train.warp_weight > 0)
     trained = set_phase(nets, stage, cfg)
     losses, _ = STEPS[stage](nets, *real_batch, cfg)
     backward_each(losses, trained)

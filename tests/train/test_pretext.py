@@ -13,7 +13,7 @@ from training.optim import backward_each, make_optimizer
 from training.probe import reestimate_batchnorm
 from training.stages import set_phase, trainable
 from training.steps import STEPS, rotated
-from training.warps import warp_flags, warped
+from training.warps import sampling_grid, warp_flags, warped
 
 from ..conftest import run_cli
 
@@ -47,10 +47,31 @@ def test_only_warped_pictures_are_bent():
     bent = torch.tensor([False, True] * 4)
     out = warped(ramp, bent, torch.Generator().manual_seed(0))
     assert out.shape == ramp.shape and out.min() >= -1 and out.max() <= 1
-    centre = out[..., 16:48, 16:48]  # away from the reflected border
-    curvature = (centre[..., 2:] - 2 * centre[..., 1:-1] + centre[..., :-2]).abs().amax((1, 2, 3))
+    curvature = (out[..., 2:] - 2 * out[..., 1:-1] + out[..., :-2]).abs().amax((1, 2, 3))
     assert (curvature[~bent] < 1e-5).all() and (curvature[bent] > 1e-4).all()
     assert not torch.allclose(out[~bent], ramp[~bent], atol=1e-3)  # zoomed or shifted: resampled too
+
+
+def test_no_sample_leaves_the_picture_and_the_edges_are_not_bent():
+    """Nothing mirrored or smeared in from outside, and a straight edge in both classes: no border shortcut."""
+    g = torch.Generator().manual_seed(0)
+    bent = warp_flags(64)
+    grid = sampling_grid(64, 64, 64, bent, g)
+    assert grid.abs().max() <= 1
+    plain = sampling_grid(64, 64, 64, torch.zeros(64, dtype=torch.bool), torch.Generator().manual_seed(0))
+    shift = (grid - plain).abs()  # the bend alone: the same zoom and shift were drawn
+    assert shift[~bent].max() == 0
+    edge = torch.cat([shift[bent, 0], shift[bent, -1], shift[bent, :, 0], shift[bent, :, -1]], 1)
+    assert edge.max() < 0.01 and shift[bent, 24:40, 24:40].mean() > 0.05  # ~1/3 px at the edges; pixels inside
+
+
+def test_warps_ignore_autocast():
+    images = torch.rand(8, 3, 32, 32) * 2 - 1
+    bent = warp_flags(8)
+    plain = warped(images, bent, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_amp = warped(images, bent, torch.Generator().manual_seed(0))
+    assert torch.equal(plain, under_amp)
 
 
 @pytest.mark.parametrize("stage, head", [("supervised", "classifier"), ("rotation", "rotation")])
