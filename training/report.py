@@ -47,6 +47,10 @@ TINY64_ROWS = [
         "version 13's features + 18,000 more steps of 16 images at all four turns, lr 1e-4: v14's",
         "tiny64-v13-rot4x18k-lr1e-4",
     ),
+    (
+        "version 14's features + 6,000 steps of all four turns, half the pictures warped (the 2020 follow-up)",
+        "tiny64-v14-rot4x-warp6k-lr1e-4",
+    ),
 ]
 
 # (title, plot file, random row, supervised row, [(label, probe name), ...][, a second supervised row])
