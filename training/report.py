@@ -110,7 +110,11 @@ TABLES = [
 # the same code under both BatchNorm protocols. The rows' files are named eq15k-<row>-<protocol>-<data>.
 EQUAL_ROWS = [
     ("rotation only (RotNet's pretext)", "rotation"),
-    ("the paper's game, clean recipe (autoencoder 5,000 steps, then 10,000 game steps, no raw images as real)", "game"),
+    (
+        "the paper's game, clean recipe (autoencoder 5,000 steps, then the game, stopped at chance at step 1,000 "
+        "of 10,000; no raw images as real)",
+        "game",
+    ),
 ]
 EQUAL_DATA = [
     ("Tiny-ImageNet-200 val", "tin"),
