@@ -87,21 +87,17 @@ def rotation_logits(
 
 def rotation_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
     t = cfg.train
-    if t.warp_weight <= 0:
+    if t.warp_weight > 0:
+        (logits, turns), (warp_logits, bent) = rotation_and_warp_logits(nets, images, cfg, t.rotation_all_four)
+    else:
         logits, turns = rotation_logits(nets, images, cfg, t.rotation_all_four)
-        loss = F.cross_entropy(logits.float(), turns)
-        return {"rotation": loss}, {
-            "loss/rotation": loss.detach(),
-            "acc/rotation": (logits.argmax(1) == turns).float().mean(),
-        }
-    (logits, turns), (warp_logits, bent) = rotation_and_warp_logits(nets, images, cfg, t.rotation_all_four)
-    rot_loss, warp_loss = F.cross_entropy(logits.float(), turns), F.cross_entropy(warp_logits.float(), bent)
-    return {"rotation": rot_loss + t.warp_weight * warp_loss}, {
-        "loss/rotation": rot_loss.detach(),
-        "acc/rotation": (logits.argmax(1) == turns).float().mean(),
-        "loss/warp": warp_loss.detach(),
-        "acc/warp": (warp_logits.argmax(1) == bent).float().mean(),
-    }
+    loss = F.cross_entropy(logits.float(), turns)
+    scalars = {"loss/rotation": loss.detach(), "acc/rotation": (logits.argmax(1) == turns).float().mean()}
+    if t.warp_weight > 0:
+        warp_loss = F.cross_entropy(warp_logits.float(), bent)
+        scalars |= {"loss/warp": warp_loss.detach(), "acc/warp": (warp_logits.argmax(1) == bent).float().mean()}
+        loss = loss + t.warp_weight * warp_loss
+    return {"rotation": loss}, scalars
 
 
 def rotation_and_warp_logits(nets: dict, images: torch.Tensor, cfg: Config, all_four: bool = False, generator=None):
