@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+MAX_ZOOM = 4.0
+
 
 class SpecError(ValueError):
     """model.json is missing a field, or a field contradicts another; the message names it."""
@@ -32,6 +34,7 @@ class ModelSpec:
     outputs: tuple[str, ...]  # every graph output, the layers and the heads
     mask_grid: int  # the drop mask is mask_grid x mask_grid cells, each input_size / mask_grid pixels wide
     spot_threshold: float  # /spot calls an image altered above this artifact score
+    spot_zoom: float  # /spot tiles an image scaled by this (the detector's training tiles were)
     sha256: str  # of model.onnx
     raw: dict[str, Any] = field(repr=False, compare=False)  # everything model.json holds
 
@@ -52,6 +55,7 @@ class ModelSpec:
                 outputs=tuple(o["name"] for o in meta["outputs"]),
                 mask_grid=int(meta["mask_grid"]),
                 spot_threshold=float(meta.get("spot_threshold", 0.5)),
+                spot_zoom=float(meta.get("spot_zoom", 1.0)),  # older folders: their own size
                 sha256=str(meta["sha256"]),
                 raw=meta,
             )
@@ -84,6 +88,8 @@ class ModelSpec:
             raise SpecError(f"model.json: mask_grid {self.mask_grid} must divide input_size {self.input_size}")
         if not 0 <= self.spot_threshold <= 1:
             raise SpecError(f"model.json: spot_threshold must be in [0, 1], got {self.spot_threshold}")
+        if not 1 <= self.spot_zoom <= MAX_ZOOM:  # each step up multiplies a photo's tiles by its square
+            raise SpecError(f"model.json: spot_zoom must be in [1, {MAX_ZOOM}], got {self.spot_zoom}")
 
     def verify(self, onnx_path: Path) -> None:
         """The model file is the one model.json describes (not corrupt, not replaced)."""

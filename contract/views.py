@@ -34,17 +34,18 @@ def tile_count(h: int, w: int, size: int) -> int:
     return tiles_along(h, size) * tiles_along(w, size)
 
 
-def analysis_size(h: int, w: int, size: int, max_tiles: int = 0) -> tuple[int, int]:
-    """(height, width) the image is tiled at, aspect kept to the pixel: its own size, its shorter side scaled
-    up to the model input if below it; and where that takes more than `max_tiles` tiles (0 = no limit), the
-    largest size that takes at most that many, its shorter side never below the input (so a very long,
-    thin image may still take more: the caller refuses it)."""
+def analysis_size(h: int, w: int, size: int, max_tiles: int = 0, zoom: float = 1.0) -> tuple[int, int]:
+    """(height, width) the image is tiled at, aspect kept to the pixel: its own size times `zoom` (the
+    model's `spot_zoom`: a detector trained on tiles scaled up so that its strided first layer misses no
+    pixel), its shorter side scaled up to the model input if below it; and where that takes more than
+    `max_tiles` tiles (0 = no limit), the largest size that takes at most that many, its shorter side never
+    below the input (so a very long, thin image may still take more: the caller refuses it)."""
     short = min(h, w)
 
     def with_shorter_side(side: int) -> tuple[int, int]:
         return round(h * side / short), round(w * side / short)
 
-    largest = max(short, size)
+    largest = max(round(short * zoom), size)
     if not max_tiles or tile_count(*with_shorter_side(largest), size) <= max_tiles:
         return with_shorter_side(largest)
     low, high = size, largest  # tiles grow with the side: bisect for the largest side within the limit
@@ -54,11 +55,13 @@ def analysis_size(h: int, w: int, size: int, max_tiles: int = 0) -> tuple[int, i
     return with_shorter_side(low)
 
 
-def tiles(rgb: np.ndarray, size: int, max_tiles: int = 0) -> tuple[np.ndarray, list[tuple[int, int]], np.ndarray]:
+def tiles(
+    rgb: np.ndarray, size: int, max_tiles: int = 0, zoom: float = 1.0
+) -> tuple[np.ndarray, list[tuple[int, int]], np.ndarray]:
     """(tiles [T, size, size, 3], their (top, left), the image they cover: the image at analysis_size).
     The heatmap is mapped back to the original resolution afterwards."""
     h, w = rgb.shape[:2]
-    if (h, w) != (dims := analysis_size(h, w, size, max_tiles)):
+    if (h, w) != (dims := analysis_size(h, w, size, max_tiles, zoom)):
         rgb = np.asarray(Image.fromarray(rgb).resize(dims[::-1], Image.Resampling.BILINEAR))
         h, w = dims
     positions = [(y, x) for y in tile_positions(h, size) for x in tile_positions(w, size)]

@@ -107,6 +107,7 @@ class ExportedModel:
         self.crop_fraction = self.spec.crop_fraction
         self.outputs = list(self.spec.outputs)
         self.grid = self.spec.mask_grid
+        self.zoom = self.spec.spot_zoom
         self.name, self.version = self.spec.name, self.spec.version
         self.pad_to = 0  # set by pad_batches()
         self.run_sizes: dict[str, int] = {}  # set by choose_run_sizes(): per graph, the most images worth one run

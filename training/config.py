@@ -45,6 +45,7 @@ class DataConfig:
     num_workers: int = 2
     edit_photos: str = ""  # stage "edits": comma-separated photo folders (under root unless absolute) or data sources
     edit_val_photos: str = "photos/debian_mate_nature"  # its held-out photos, scored at every log interval
+    edit_zoom: float = 1.0  # stage "edits": tiles show photos scaled up this much, as /spot will (model.json spot_zoom)
 
 
 @dataclass
@@ -60,6 +61,8 @@ class TrainConfig:
     rotation_steps: int = 0  # stage "rotation": the trunk classifies quarter-turns (RotNet), its own pretext row
     edits_steps: int = 0  # stage "edits": the discriminator tells photo tiles from edited copies (training/edits.py)
     edit_kinds: str = "all"  # which edits: "all", a comma-separated list, "-kind" leaves one out
+    edit_generator: str = ""  # stage "edits": a checkpoint whose autoencoder + repair net make the paper's pairs
+    edit_paper_share: float = 0.0  # the share of each batch's pairs that are the paper's (needs edit_generator)
     rotation_all_four: bool = False  # stage "rotation": every image at all four turns (RotNet), batch_size images
     rotation_weight: float = 0.0  # > 0 in stage "spot": the combined variant, the game plus rotations of real images
     warp_weight: float = 0.0  # > 0 in stage "rotation": the trunk also tells warped pictures (training/warps.py)

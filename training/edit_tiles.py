@@ -1,8 +1,10 @@
 """Tiles of real photos, each beside an edited copy of itself: the detector's data for edits (stage "edits").
 
-A tile is a model-size crop of a photo at its own resolution (or a little downscaled, as /spot meets
-photos of any size); its copy has a random region altered by one of `kinds` (training/edits.py); both go
-through the same kind of whole-image processing (`augment`). One item is the pair stacked on channels,
+A tile is a square crop of a photo at its own resolution; its copy has a random region altered by one of
+`kinds` (training/edits.py); both go through the same kind of whole-image processing (`augment`), and only
+then are scaled to the model's input: by `zoom` (what /spot scales photos by: model.json `spot_zoom`) down
+to half of it, as /spot meets photos of any size. The edit and the processing happen at the photo's own
+pixels, as a user's do; the scaling is the detector's own view. One item is the pair stacked on channels,
 [6, size, size] in [-1, 1] (raw first), and the drop-mask target on the discriminator's grid, [1, g, g]
 (1 = kept: less than half of the cell altered), so that the loop's (images, labels) batches carry it.
 """
@@ -53,40 +55,49 @@ class EditedTiles(Dataset):
     seeds decide); `fixed=True` draws pair i from seed i, the same every time (held-out evaluation)."""
 
     def __init__(
-        self, photos: list[np.ndarray], size: int, grid: int, kinds: tuple[str, ...], length: int, fixed=False
+        self,
+        photos: list[np.ndarray],
+        size: int,
+        grid: int,
+        kinds: tuple[str, ...],
+        length: int,
+        fixed: bool = False,
+        zoom: float = 1.0,
     ):
-        self.photos, self.size, self.grid, self.kinds, self.length, self.fixed = (
-            photos,
-            size,
-            grid,
-            kinds,
-            length,
-            fixed,
-        )
+        self.photos, self.size, self.grid, self.kinds, self.length = photos, size, grid, kinds, length
+        self.fixed, self.zoom = fixed, zoom
         areas = np.array([p.shape[0] * p.shape[1] for p in photos], np.float64)
         self.weights = areas / areas.sum()  # a photo is drawn as often as its area: tiles are uniform over pixels
 
     def __len__(self) -> int:
         return self.length
 
-    def tile(self, rng: np.random.Generator) -> np.ndarray:
+    def crop(self, rng: np.random.Generator, side: int = 0) -> np.ndarray:
+        """A square of a photo at its own pixels: `side` wide, or as wide as the model's input shows at
+        `zoom` down to half of it (never wider than the photo)."""
         photo = self.photos[rng.choice(len(self.photos), p=self.weights)]
         h, w = photo.shape[:2]
-        side = min(h, w, int(self.size / rng.uniform(0.5, 1.0)))  # own resolution up to 2x downscaled
+        side = min(h, w, side or int(self.size / self.zoom / rng.uniform(0.5, 1.0)))
         top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        crop = photo[top : top + side, left : left + side]
-        if side != self.size:
-            crop = np.asarray(Image.fromarray(crop).resize((self.size, self.size), Image.Resampling.BILINEAR))
-        return crop
+        return photo[top : top + side, left : left + side]
+
+    def to_input(self, rgb: np.ndarray, resample=Image.Resampling.BILINEAR) -> np.ndarray:
+        """Scaled to the model's input as /spot scales a photo (bilinear; nearest for a mask)."""
+        if rgb.shape[0] == self.size:
+            return rgb
+        return np.asarray(Image.fromarray(rgb).resize((self.size, self.size), resample))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         seed = i if self.fixed else int(torch.randint(2**62, ()).item())
         rng = np.random.default_rng(seed)
-        raw = self.tile(rng)
-        mask = random_mask(self.size, self.size, rng, area=(0.05, 0.5))
-        edited = edit(str(rng.choice(self.kinds)), raw, mask, rng, donor=self.tile(rng))
+        raw = self.crop(rng)
+        side = raw.shape[0]
+        mask = random_mask(side, side, rng, area=(0.05, 0.5))
+        edited = edit(str(rng.choice(self.kinds)), raw, mask, rng, donor=self.crop(rng, side))
         raw, _ = augment(raw, mask, rng, resize=False)
         edited, mask = augment(edited, mask, rng, resize=False)
+        raw, edited = self.to_input(raw), self.to_input(edited)
+        mask = self.to_input(mask, Image.Resampling.NEAREST)
         pair = torch.from_numpy(np.concatenate([raw, edited], axis=-1)).permute(2, 0, 1).float() / 127.5 - 1
         cell = self.size // self.grid
         altered = mask.reshape(self.grid, cell, self.grid, cell).mean(axis=(1, 3))

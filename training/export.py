@@ -249,6 +249,7 @@ def graph_description(wrapper: nn.Module, cfg: Config, metrics: dict) -> dict:
             for n in LAYERS
         },
         "mask_grid": shapes["mask_logits"][-1],
+        "spot_zoom": cfg.data.edit_zoom,  # /spot scales photos as the detector's training tiles were
     }
 
 

@@ -147,9 +147,26 @@ def build_nets(cfg: Config, state: dict | None, device: torch.device) -> dict:
                 first = lines[1].strip() if len(lines) > 1 else str(exc)
                 raise ValueError(f"{name} in {cfg.train.init_from} does not fit this model config: {first}") from None
         log.info("initialised %s from %s", cfg.train.init_networks, cfg.train.init_from)
+    if cfg.train.edit_paper_share and not cfg.train.edit_generator:
+        raise ValueError("train.edit_paper_share needs train.edit_generator: the checkpoint that makes the pairs")
+    if state is None and cfg.train.edit_generator:
+        load_generator(nets, Path(cfg.train.edit_generator))
     for m in nets.values():
         m.to(device, memory_format=memory_format(cfg))
     return nets
+
+
+def load_generator(nets: dict, path: Path) -> None:
+    """Another run's autoencoder and repair net, frozen: the paper's pairs beside the edits (stage "edits")."""
+    state = checkpoint.load(path)
+    for name in ("ae", "repair"):
+        if name not in state["networks"]:
+            raise ValueError(f"edit_generator: {path} has no {name!r} network")
+        try:
+            nets[name].load_state_dict(state["networks"][name])
+        except RuntimeError as exc:
+            raise ValueError(f"edit_generator: {name} in {path} does not fit this model config: {exc}") from None
+    log.info("the paper's pairs made by %s's autoencoder + repair net", path)
 
 
 def memory_format(cfg: Config) -> torch.memory_format:
@@ -187,11 +204,12 @@ def edit_sets(
     root = Path(cfg.data.root or default_data_root())
     size, kinds = cfg.model.image_size, parse_kinds(cfg.train.edit_kinds)
     photos = load_photos(cfg.data.edit_photos, root, cfg.data.cache_dir or None)
-    train = EditedTiles(photos, size, grid, kinds, 400 * cfg.train.batch_size)
+    zoom = cfg.data.edit_zoom
+    train = EditedTiles(photos, size, grid, kinds, 400 * cfg.train.batch_size, zoom=zoom)
     if not info.is_main:
         return train, []
     n = cfg.train.eval_batches * cfg.train.batch_size
-    val = EditedTiles(load_photos(cfg.data.edit_val_photos, root), size, grid, kinds, n, fixed=True)
+    val = EditedTiles(load_photos(cfg.data.edit_val_photos, root), size, grid, kinds, n, fixed=True, zoom=zoom)
     return train, [(x.to(info.device), y.to(info.device)) for x, y in DataLoader(val, batch_size=cfg.train.batch_size)]
 
 

@@ -137,6 +137,20 @@ for _data, _d in EQUAL_DATA:
         )
 
 
+# The shipped features under the other BatchNorm protocol (issue 20 asks for both): against the equal-compute
+# random and supervised rows probed the same way.
+for _data, _d in EQUAL_DATA:
+    TABLES.append(
+        (
+            f"The shipped features (version 14), BatchNorm re-estimated on the probe's training images: {_data}",
+            f"probe-v14-bnprobe-{_d}.png",
+            f"eq15k-random-bnprobe-{_d}",
+            f"eq15k-supervised-bnprobe-{_d}",
+            [("version 14's features (`v13-rot4x18k-lr1e-4`)", f"tiny64-v13-rot4x18k-lr1e-4-bnprobe-{_d}")],
+        )
+    )
+
+
 def pretext_curve(run_dir: Path) -> dict:
     """A run's held-out pretext accuracy at every logged step: {stage: {"chance", "points": [[step, acc]]}}."""
     from .config import Config

@@ -84,14 +84,14 @@ def score_pairs(nets: dict, cfg, batches, drop_rate: float, seed: int = 0) -> di
     return {"drop_rate": drop_rate, **detection_metrics(scores["real"], scores["fake"]), **mask_ap(scores)}
 
 
-def photo_false_alarms(disc, folder: Path, size: int, threshold: float = THRESHOLD) -> dict:
-    """Per photo: mean tile artifact probability; a false alarm when it exceeds the threshold."""
+def photo_false_alarms(disc, folder: Path, size: int, threshold: float = THRESHOLD, zoom: float = 1.0) -> dict:
+    """Per photo: mean tile artifact probability (tiled as /spot tiles it); a false alarm above the threshold."""
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     per_photo = {}
     for path in files:
         with Image.open(path) as im:
             image = np.asarray(to_rgb(im))
-        t = torch.from_numpy(tiles(image, size)[0]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        t = torch.from_numpy(tiles(image, size, zoom=zoom)[0]).permute(0, 3, 1, 2).float() / 127.5 - 1
         probs = np.concatenate([artifact_probability(disc, t[i : i + 256])[0] for i in range(0, len(t), 256)])
         per_photo[str(path.relative_to(folder))] = {"tiles": len(t), "score": float(probs.mean())}
     scores = np.array([v["score"] for v in per_photo.values()])
@@ -141,7 +141,7 @@ def spot_eval(
         "raw_heldout_false_alarm_rate": float((raw > THRESHOLD).mean()),
     }
     if photos:
-        results["raw_photos"] = photo_false_alarms(nets["disc"], photos, cfg.model.image_size)
+        results["raw_photos"] = photo_false_alarms(nets["disc"], photos, cfg.model.image_size, zoom=cfg.data.edit_zoom)
     results["summary"] = summarize(results, f"spot@{Path(generator).parent.name}" if generator else "spot")
     return results
 

@@ -142,10 +142,24 @@ def spot_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Confi
     return losses, scalars
 
 
+def with_paper_pairs(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
+    """The first `edit_paper_share` of the edit pairs swapped for the paper's, made from their raw tiles by
+    the frozen generator (`edit_generator`): its reconstruction as real, its repair after damage as fake,
+    the drop mask as target. So an edits-trained detector keeps seeing the artifacts it was made for."""
+    k = round(cfg.train.edit_paper_share * len(images))
+    if k == 0:
+        return images, labels
+    with torch.no_grad():
+        real, fake, keep = make_pair(nets, images[:k, :3], cfg)
+    pairs = torch.cat([real, fake], 1).to(images.dtype)
+    return torch.cat([pairs, images[k:]]), torch.cat([keep.to(labels.dtype), labels[k:]])
+
+
 def edits_step(nets: dict, images: torch.Tensor, labels: torch.Tensor, cfg: Config):
     """The detector on edits of real photos (training/edit_tiles.py): `images` holds each raw tile and its
     edited copy stacked on channels, `labels` the drop-mask target of the copy. Raw = real, edited = fake;
-    the raw tiles' mask target is all kept."""
+    the raw tiles' mask target is all kept. A share of the pairs may be the paper's (`with_paper_pairs`)."""
+    images, labels = with_paper_pairs(nets, images, labels, cfg)
     n = len(images)
     both = torch.cat([images[:, :3], images[:, 3:]])
     logits, mask_logits = nets["disc"](to_disc_input(both))

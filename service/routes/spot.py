@@ -42,7 +42,7 @@ def analysed_pixels(runtime: Runtime, model: ExportedModel, images: list[tuple[s
     what cannot fit is refused from the image headers, before anything is decoded."""
     limit, counts, analysed = tile_limit(runtime), [], 0
     for name, img in images:
-        h, w = analysis_size(img.height, img.width, model.size, limit)
+        h, w = analysis_size(img.height, img.width, model.size, limit, model.zoom)
         counts.append(tile_count(h, w, model.size))
         analysed += h * w
         if limit and counts[-1] > limit:  # too long and thin to fit at any size
@@ -56,7 +56,7 @@ def tiled(model: ExportedModel, images: list[tuple[str, Image.Image]], limit: in
     per_image = []
     for name, img in images:
         rgb = to_array(img, name)
-        t, positions, covered = tiles(rgb, model.size, limit)
+        t, positions, covered = tiles(rgb, model.size, limit, model.zoom)
         per_image.append((name, rgb, t, positions, covered))
     return per_image, np.concatenate([model.normalize_batch(t) for _, _, t, _, _ in per_image])
 

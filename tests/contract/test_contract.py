@@ -36,6 +36,8 @@ def test_the_shipped_model_json_reads_as_a_spec():
         (lambda m: m["preprocessing"].update(std=[1.0, 0.0, 1.0]), "std non-zero"),
         (lambda m: m.update(layers=["conv1", "pool9"]), "must be outputs"),
         (lambda m: m.update(spot_threshold=1.5), "spot_threshold must be in"),
+        (lambda m: m.update(spot_zoom=0.5), "spot_zoom must be in"),
+        (lambda m: m.update(spot_zoom=16), "spot_zoom must be in"),
         (lambda m: m["preprocessing"].update(input_size="large"), "wrong type"),
     ],
 )

@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -132,6 +133,34 @@ def test_spot_analyses_a_photo_over_max_tiles_downscaled_with_the_heatmap_at_ful
     r = client.post("/spot", files=[("files", ("smaller.png", png_bytes(smaller), "image/png"))])
     same = r.json()["results"][0]
     assert same["tiling"]["scale"] == 1 and same["tiling"]["tiles"] == tiling["tiles"]
+    assert same["artifact_score"] == pytest.approx(item["artifact_score"], abs=1e-6)
+    np.testing.assert_allclose(same["mask"]["values"], item["mask"]["values"], atol=1e-5)
+
+
+def test_a_zoomed_detector_sees_the_photo_scaled_up_as_if_the_client_had_sent_it_so(model_dir, client, tmp_path):
+    """model.json's spot_zoom 2 (a detector trained on tiles scaled up 2x): /spot tiles the photo at twice
+    its size, exactly as a zoom-1 model tiles the photo scaled up by the client; the heatmap keeps its size."""
+    import httpx
+
+    from bench.server import Server
+
+    zoomed = tmp_path / "zoomed"
+    shutil.copytree(model_dir, zoomed)
+    meta = json.loads((zoomed / "model.json").read_text())
+    (zoomed / "model.json").write_text(json.dumps({**meta, "spot_zoom": 2.0}))
+    photo = Image.open(PHOTO).convert("RGB").resize((160, 107), Image.Resampling.BILINEAR)
+    server = Server(zoomed)
+    try:
+        r = httpx.post(f"{server.url}/spot", files=[("files", ("p.png", png_bytes(photo), "image/png"))], timeout=30)
+    finally:
+        server.stop()
+    assert r.status_code == 200, r.text
+    item = r.json()["results"][0]
+    assert item["tiling"]["scale"] == pytest.approx(2, abs=0.01) and item["tiling"]["scaled_to"] == [320, 214]
+    assert np.asarray(item["heatmap"]["values"]).shape == (107, 160)
+    scaled_up = photo.resize((320, 214), Image.Resampling.BILINEAR)
+    same = client.post("/spot", files=[("files", ("q.png", png_bytes(scaled_up), "image/png"))]).json()["results"][0]
+    assert same["tiling"]["tiles"] == item["tiling"]["tiles"] > 1
     assert same["artifact_score"] == pytest.approx(item["artifact_score"], abs=1e-6)
     np.testing.assert_allclose(same["mask"]["values"], item["mask"]["values"], atol=1e-5)
 

@@ -39,6 +39,14 @@ def test_sizes_within_the_limit_are_kept_and_small_ones_scaled_up():
     assert analysis_size(3024, 4032, 64, 0) == (3024, 4032)  # 0: no limit
 
 
+def test_a_zoom_scales_the_analysis_size_up_within_the_same_tile_limit():
+    assert analysis_size(427, 640, 64, 0, zoom=2) == (854, 1280)
+    assert analysis_size(20, 50, 64, 0, zoom=2) == (64, 160)  # the model input stays the floor
+    assert analysis_size(1056, 1056, 64, 1024, zoom=2) == (1056, 1056)  # twice that would take 4x the tiles
+    t, positions, covered = tiles(np.zeros((100, 150, 3), np.uint8), 64, zoom=2)
+    assert covered.shape[:2] == (200, 300) and len(t) == len(positions) == tile_count(200, 300, 64)
+
+
 def test_a_hostile_thin_image_costs_nothing_to_size():
     started = time.perf_counter()
     h, w = analysis_size(1, 5_000_000, 64, 1024)  # can only be scaled up: the caller refuses it

@@ -90,6 +90,24 @@ def test_edited_tiles_pair_a_photo_tile_with_its_edited_copy_and_the_mask_target
     assert cells[keep[0] == 0].mean() > cells[keep[0] == 1].mean()  # the copy differs most where it was edited
 
 
+def test_zoomed_tiles_are_smaller_crops_of_the_photo_scaled_up_and_the_target_follows(data_root):
+    """zoom 2 (what /spot then scales photos by): a tile is 32-64 pixels of the photo, edited and processed
+    there, then scaled up to the model's 64; zoom 1 takes 64-128 pixels and scales them down."""
+    photos = load_photos("photos/sklearn", data_root)
+    plain = EditedTiles(photos, 64, 4, KINDS, 10, fixed=True)
+    zoomed = EditedTiles(photos, 64, 4, ("noise",), 10, fixed=True, zoom=2)  # a plain edit: the test is where
+    rng = np.random.default_rng(0)
+    assert {len(zoomed.crop(rng)) for _ in range(200)} <= set(range(32, 65))
+    assert {len(plain.crop(rng)) for _ in range(200)} <= set(range(64, 129))
+    for i in range(4):
+        pair, keep = zoomed[i]
+        assert pair.shape == (6, 64, 64) and keep.shape == (1, 4, 4)
+        raw, edited = pair[:3], pair[3:]
+        cells = (raw - edited).abs().mean(0).reshape(4, 16, 4, 16).mean(dim=(1, 3))
+        if (keep == 0).any() and (keep == 1).any():
+            assert cells[keep[0] == 0].mean() > cells[keep[0] == 1].mean()  # the target is where the edit is
+
+
 def test_a_data_source_adds_each_of_its_images_as_a_photo(data_root, cache_dir):
     photos = load_photos("photos/sklearn,cifar10-sample", data_root, cache_dir)
     large = load_photos("photos/sklearn", data_root)
@@ -138,3 +156,45 @@ def test_the_edits_stage_trains_the_detector_and_logs_its_held_out_accuracy(tmp_
     assert [r["step"] for r in records] == [3, 6]
     assert all(0 <= r["val/edit_acc"] <= 1 and 0 <= r["val/auc"] <= 1 and "val/mask_ap" in r for r in records)
     assert "loss/disc/mask" in records[-1]
+
+
+def test_a_share_of_the_pairs_can_be_the_papers_made_by_the_frozen_generator():
+    from training.config import load_config
+    from training.networks import build_networks
+    from training.steps import with_paper_pairs
+
+    cfg = load_config("tiny", {"train.edit_paper_share": 0.25})
+    torch.manual_seed(0)
+    nets = {name: m.eval() for name, m in build_networks(cfg.model).items()}
+    size, grid = cfg.model.image_size, nets["disc"].grid
+    images, labels = torch.rand(8, 6, size, size) * 2 - 1, torch.ones(8, 1, grid, grid)
+    mixed, targets = with_paper_pairs(nets, images, labels, cfg)
+    assert mixed.shape == images.shape and targets.shape == labels.shape
+    with torch.no_grad():
+        reconstruction = nets["ae"].decode(nets["ae"].encode(images[:2, :3]))
+    torch.testing.assert_close(mixed[:2, :3], reconstruction)  # real: the raw tile as the generator rebuilds it
+    assert not torch.equal(mixed[:2, 3:], mixed[:2, :3]) and (targets[:2] == 0).any()  # fake: repaired where dropped
+    assert torch.equal(mixed[2:], images[2:]) and torch.equal(targets[2:], labels[2:])  # the rest: the edits
+    cfg.train.edit_paper_share = 0.0
+    assert with_paper_pairs(nets, images, labels, cfg)[0] is images
+
+
+def test_the_edits_stage_with_the_papers_pairs_keeps_the_generator_frozen(tmp_path):
+    base = ["--preset", "tiny", "--no-progress", "--batch_size=8", "--eval_batches=1", "--data.num_workers=0"]
+    edits = [*base, "--stages=edits", "--edits_steps=4", "--log_every=2", "--data.edit_photos=photos/skimage",
+             "--data.edit_val_photos=photos/sklearn", "--edit_paper_share=0.5"]  # fmt: skip
+    refused = run_cli("train", "--run-dir", str(tmp_path / "none"), *edits)
+    assert refused.returncode != 0 and "needs train.edit_generator" in refused.stderr
+    gen = tmp_path / "gen"
+    made = run_cli("train", "--run-dir", str(gen), *base, "--ae_steps=2", "--spot_steps=2", "--log_every=2")
+    assert made.returncode == 0, made.stderr[-2000:]
+    run = tmp_path / "run"
+    result = run_cli("train", "--run-dir", str(run), *edits, f"--edit_generator={gen / 'checkpoint.pt'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    from training import checkpoint
+
+    before, after = (checkpoint.load(p / "checkpoint.pt")["networks"] for p in (gen, run))
+    for name in ("ae", "repair"):
+        assert all(torch.equal(v, after[name][k]) for k, v in before[name].items()), f"{name} changed"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4] and "loss/disc/mask" in records[-1]
