@@ -73,8 +73,8 @@ class EditedTiles(Dataset):
         return self.length
 
     def crop(self, rng: np.random.Generator, side: int = 0) -> np.ndarray:
-        """A square of a photo at its own pixels: `side` wide, or as wide as the model's input shows at
-        `zoom` down to half of it (never wider than the photo)."""
+        """A square of a photo at its own pixels: `side` wide, or drawn from size/zoom to 2 * size/zoom
+        (scaled to the input by zoom/2 to zoom), never wider than the photo."""
         photo = self.photos[rng.choice(len(self.photos), p=self.weights)]
         h, w = photo.shape[:2]
         side = min(h, w, side or int(self.size / self.zoom / rng.uniform(0.5, 1.0)))

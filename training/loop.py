@@ -15,6 +15,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 import torch
@@ -22,6 +23,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
+
+from contract.spec import MAX_ZOOM
 
 from . import checkpoint, dist
 from .config import Config, dump
@@ -62,6 +65,7 @@ def train(cfg: Config, run_dir: Path, progress: bool = True, state: dict | None 
     stages = [s.strip() for s in cfg.train.stages.split(",") if s.strip()]
     if unknown := set(stages) - set(STAGES):
         raise ValueError(f"unknown stages {sorted(unknown)}; stages are {', '.join(STAGES)}")
+    check_edit_settings(cfg, stages)
     if state is None and (run_dir / CHECKPOINT).exists():
         state = checkpoint.load(run_dir / CHECKPOINT)
     if state is not None and nothing_left(state, cfg, stages, run_dir):
@@ -105,11 +109,33 @@ def train(cfg: Config, run_dir: Path, progress: bool = True, state: dict | None 
     return last
 
 
+def check_edit_settings(cfg: Config, stages: list[str]) -> None:
+    """Refuse edits-stage settings that would train on something else than they say, before any step."""
+    t = cfg.train
+    if not 1 <= cfg.data.edit_zoom <= MAX_ZOOM:
+        raise ValueError(f"data.edit_zoom must be in [1, {MAX_ZOOM}] (model.json spot_zoom), got {cfg.data.edit_zoom}")
+    if not 0 <= t.edit_paper_share <= 1:
+        raise ValueError(f"train.edit_paper_share must be in [0, 1], got {t.edit_paper_share}")
+    if t.edit_paper_share and not t.edit_generator:
+        raise ValueError("train.edit_paper_share needs train.edit_generator: the checkpoint that makes the pairs")
+    if not t.edit_generator:
+        return
+    if trained := sorted({"ae", "spot"} & set(stages)):
+        raise ValueError(f"edit_generator: stages {trained} would train the generator's networks; use another run")
+    if t.init_from and (both := sorted({"ae", "repair"} & set(t.init_networks.split(",")))):
+        raise ValueError(f"edit_generator and init_networks both give {both}: name them in one only")
+    if cfg.model.ae_size not in (0, cfg.model.image_size):
+        raise ValueError("edit_generator makes its pairs from the detector's tiles: ae_size must be image_size")
+
+
 def nothing_left(state: dict, cfg: Config, stages: list[str], run_dir: Path) -> bool:
     """Check that the stored run can go on as asked; True when every stage asked for has finished."""
     stored = Config.from_dict(state["config"])
     if stored.model != cfg.model:
         raise ValueError(f"{run_dir} holds a run with another model config: resume it as is or use a new --run-dir")
+    edit_settings = ("data.edit_zoom", "train.edit_generator", "train.edit_paper_share")
+    if changed := [k for k in edit_settings if attrgetter(k)(stored) != attrgetter(k)(cfg)]:
+        raise ValueError(f"{run_dir} trained with other {', '.join(changed)}: resume it as is or use a new --run-dir")
     finished = [s for s in stages if s in state["completed"]]
     if changed := [s for s in finished if stage_steps(s, cfg) != stage_steps(s, stored)]:
         raise ValueError(
@@ -147,8 +173,6 @@ def build_nets(cfg: Config, state: dict | None, device: torch.device) -> dict:
                 first = lines[1].strip() if len(lines) > 1 else str(exc)
                 raise ValueError(f"{name} in {cfg.train.init_from} does not fit this model config: {first}") from None
         log.info("initialised %s from %s", cfg.train.init_networks, cfg.train.init_from)
-    if cfg.train.edit_paper_share and not cfg.train.edit_generator:
-        raise ValueError("train.edit_paper_share needs train.edit_generator: the checkpoint that makes the pairs")
     if state is None and cfg.train.edit_generator:
         load_generator(nets, Path(cfg.train.edit_generator))
     for m in nets.values():
@@ -157,8 +181,11 @@ def build_nets(cfg: Config, state: dict | None, device: torch.device) -> dict:
 
 
 def load_generator(nets: dict, path: Path) -> None:
-    """Another run's autoencoder and repair net, frozen: the paper's pairs beside the edits (stage "edits")."""
+    """Another run's autoencoder and repair net: the paper's pairs beside the edits (stage "edits", which
+    trains the discriminator alone: they stay frozen, in eval mode; check_edit_settings refuses the rest)."""
     state = checkpoint.load(path)
+    if not Config.from_dict(state["config"]).model.repair:
+        raise ValueError(f"edit_generator: {path} trained without a repair net (model.repair false)")
     for name in ("ae", "repair"):
         if name not in state["networks"]:
             raise ValueError(f"edit_generator: {path} has no {name!r} network")

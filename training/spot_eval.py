@@ -85,7 +85,8 @@ def score_pairs(nets: dict, cfg, batches, drop_rate: float, seed: int = 0) -> di
 
 
 def photo_false_alarms(disc, folder: Path, size: int, threshold: float = THRESHOLD, zoom: float = 1.0) -> dict:
-    """Per photo: mean tile artifact probability (tiled as /spot tiles it); a false alarm above the threshold."""
+    """Per photo: mean tile artifact probability (tiled at the model's zoom, as /spot tiles it when the photo is
+    within its tile limit); a false alarm above the threshold."""
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     per_photo = {}
     for path in files:
