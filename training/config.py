@@ -45,9 +45,7 @@ class DataConfig:
     num_workers: int = 2
     edit_photos: str = ""  # stage "edits": comma-separated photo folders (under root unless absolute) or data sources
     edit_val_photos: str = "photos/debian_mate_nature"  # its held-out photos, scored at every log interval
-    edit_zoom: float = (
-        1.0  # stage "edits": tiles show photos scaled by zoom/2..zoom; /spot by zoom (model.json spot_zoom)
-    )
+    edit_zoom: float = 1.0  # stage "edits": tiles show photos at zoom/2..zoom; /spot at zoom (model.json spot_zoom)
 
 
 @dataclass

@@ -161,17 +161,7 @@ def build_nets(cfg: Config, state: dict | None, device: torch.device) -> dict:
             nets[name].load_state_dict(sd)
     elif cfg.train.init_from:
         init = checkpoint.load(Path(cfg.train.init_from))
-        for name in cfg.train.init_networks.split(","):
-            if name not in nets or name not in init["networks"]:
-                raise ValueError(
-                    f"init_networks: {name!r} is not one of {cfg.train.init_from}'s {sorted(init['networks'])}"
-                )
-            try:
-                nets[name].load_state_dict(init["networks"][name])
-            except RuntimeError as exc:  # another width or architecture: its first mismatch says which
-                lines = str(exc).splitlines()
-                first = lines[1].strip() if len(lines) > 1 else str(exc)
-                raise ValueError(f"{name} in {cfg.train.init_from} does not fit this model config: {first}") from None
+        load_named(nets, init["networks"], cfg.train.init_networks.split(","), cfg.train.init_from, "init_networks")
         log.info("initialised %s from %s", cfg.train.init_networks, cfg.train.init_from)
     if state is None and cfg.train.edit_generator:
         load_generator(nets, Path(cfg.train.edit_generator))
@@ -180,19 +170,27 @@ def build_nets(cfg: Config, state: dict | None, device: torch.device) -> dict:
     return nets
 
 
+def load_named(nets: dict, stored: dict, names: list[str], path, setting: str) -> None:
+    """The networks `names` of a checkpoint at `path` (`stored`: its networks) into `nets`; an error names the
+    setting that asked for them, or the first mismatch of another width or architecture."""
+    for name in names:
+        if name not in nets or name not in stored:
+            raise ValueError(f"{setting}: {name!r} is not one of {path}'s {sorted(stored)}")
+        try:
+            nets[name].load_state_dict(stored[name])
+        except RuntimeError as exc:
+            lines = str(exc).splitlines()
+            first = lines[1].strip() if len(lines) > 1 else str(exc)
+            raise ValueError(f"{name} in {path} does not fit this model config: {first}") from None
+
+
 def load_generator(nets: dict, path: Path) -> None:
     """Another run's autoencoder and repair net: the paper's pairs beside the edits (stage "edits", which
     trains the discriminator alone: they stay frozen, in eval mode; check_edit_settings refuses the rest)."""
     state = checkpoint.load(path)
     if not Config.from_dict(state["config"]).model.repair:
         raise ValueError(f"edit_generator: {path} trained without a repair net (model.repair false)")
-    for name in ("ae", "repair"):
-        if name not in state["networks"]:
-            raise ValueError(f"edit_generator: {path} has no {name!r} network")
-        try:
-            nets[name].load_state_dict(state["networks"][name])
-        except RuntimeError as exc:
-            raise ValueError(f"edit_generator: {name} in {path} does not fit this model config: {exc}") from None
+    load_named(nets, state["networks"], ["ae", "repair"], path, "edit_generator")
     log.info("the paper's pairs made by %s's autoencoder + repair net", path)
 
 
